@@ -1,0 +1,64 @@
+# The README's two commands:
+#   make test   from a fresh clone: .venv, pinned dev requirements, extension, ctest, pytest
+#   make demo   the main job on the embedded default data
+# Both are idempotent: a second run reuses the venv and rebuilds only what changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+export MAX_JOBS ?= 2
+
+# Torch's CMake package, for the C++ test binary.
+CMAKE_BUILD := build/cmake
+
+.PHONY: all venv build ctest test pytest demo bench bench-cpu clean help
+
+all: test
+
+help:
+	@echo "make test   - set everything up and run ctest + pytest"
+	@echo "make demo   - run the demo on the embedded default data"
+	@echo "make bench  - CPU benchmarks (pytest-benchmark), results in benchmarks/results/"
+
+# 1. The virtual environment with the pinned development requirements.
+$(VENV)/.deps-installed: requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.deps-installed
+
+# 2. The package, editable (so `udg-fast` is on the venv's PATH); the extension is built in step 3.
+$(VENV)/.package-installed: $(VENV)/.deps-installed pyproject.toml setup.py
+	UDG_FAST_NO_EXTENSION=1 $(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+# 3. udg_fast/_C: C++ CPU kernels always, CUDA kernels where torch is a CUDA build and nvcc exists.
+build: $(VENV)/.package-installed
+	$(PY) setup.py -q build_ext --inplace
+
+# 4. The C++ test binary (CPU kernels against a naive C++ loop), through CMake + ctest.
+ctest: build
+	$(PY) -m cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE="$(abspath $(PY))" > $(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }
+	$(PY) -m cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+	cd $(CMAKE_BUILD) && $(abspath $(VENV))/bin/ctest --output-on-failure
+
+pytest: build
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+test: ctest pytest
+
+demo: build
+	$(PY) -m udg_fast.demo
+
+# Benchmarks: never part of `make test` (speed is measured, not asserted).
+bench: build
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+	  --benchmark-json=benchmarks/results/latest-cpu.json
+
+clean:
+	rm -rf build $(VENV) udg_fast/*.so *.egg-info

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The GPU check: one command, at most ~8 minutes on one H100/H200, run whenever a session is lent
+# a GPU machine (torch 2.11 cu130, Python 3.12, nvcc, no network there).
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR
+#
+# 1. builds udg_fast for this card, in place, from source;
+# 2. runs the CUDA-marked tests and every op test on the GPU (cuda + triton against reference,
+#    bf16/fp16 included);
+# 3. runs compute-sanitizer memcheck on one small case of every CUDA op;
+# 4. runs the GPU benchmarks (pytest-benchmark, synchronised timings) and CUDA-graph timings;
+# 5. writes OUT_DIR/summary.md and OUT_DIR/summary.json (+ the logs).
+# Every step runs even if an earlier one fails; the exit code is non-zero if any failed.
+set -uo pipefail
+OUT=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+unset TRITON_INTERPRET
+status=0
+step() {  # step NAME TIMEOUT_S CMD...: run, log to OUT/NAME.log, record the result
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/steps.txt"
+  [ $rc -eq 0 ] || status=1
+  return $rc
+}
+
+{ date -u +%Y-%m-%dT%H:%M:%SZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name())"
+  $PY -c "import triton; print('triton', triton.__version__)"; nvcc --version | tail -1; } >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# 1. Build for this card only (faster than the default sm_80 + sm_90 list).
+export UDG_FAST_CUDA_ARCHS=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")
+step build 300 $PY -m pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/build.log"; }
+$PY -c "import udg_fast, json; print(json.dumps(udg_fast.build_info())); print(udg_fast.format_backends())" \
+  >"$OUT/backends.txt" 2>&1
+cat "$OUT/backends.txt"
+
+# 2. Tests on the GPU: all op tests (the backend parametrisation picks cuda + triton here).
+step tests 240 $PY -m pytest tests/ops tests/test_backends.py -q -p no:cacheprovider -x \
+  --junitxml="$OUT/tests.xml"
+tail -5 "$OUT/tests.log"
+
+# 3. compute-sanitizer memcheck, one small case of every CUDA op.
+step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchmarks/gpu_sanitize_case.py
+tail -3 "$OUT/memcheck.log"
+
+# 4. Benchmarks.
+step bench 300 $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+  --benchmark-json="$OUT/bench.json" --benchmark-columns=median,iqr,rounds
+step cudagraph 120 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
+
+# 5. Summary.
+$PY benchmarks/report.py "$OUT/bench.json" --out "$OUT/summary.md" \
+  --title "udg_fast GPU check: $(sed -n 3p "$OUT/env.txt" | cut -d'|' -f4 | xargs)" 2>>"$OUT/steps.txt"
+{ echo; echo "## Steps"; echo; sed 's/^/    /' "$OUT/steps.txt"; echo; echo "## Environment"; echo
+  sed 's/^/    /' "$OUT/env.txt"; echo; sed 's/^/    /' "$OUT/backends.txt"
+  if [ -f "$OUT/cudagraph.json" ]; then echo; echo "## CUDA-graph timings (µs per call)"; echo
+    $PY -c "import json,sys; [print(f\"    {r['name']}: {r['us']:.1f} us (floor {r.get('floor_us', float('nan')):.1f} us)\") for r in json.load(open(sys.argv[1]))]" "$OUT/cudagraph.json"; fi
+} >>"$OUT/summary.md"
+$PY - "$OUT" <<'PYEOF'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+steps = {}
+for line in (out / "steps.txt").read_text().splitlines():
+    parts = line.split()
+    if len(parts) >= 2 and parts[1].startswith("rc="):
+        steps[parts[0]] = {"rc": int(parts[1][3:]), "seconds": parts[2] if len(parts) > 2 else ""}
+summary = {"env": (out / "env.txt").read_text().splitlines(), "steps": steps}
+for name in ("bench.json", "cudagraph.json"):
+    p = out / name
+    if p.exists():
+        data = json.loads(p.read_text())
+        if name == "bench.json":
+            data = [{"name": b["name"], "median_ms": b["stats"]["median"] * 1e3, **b.get("extra_info", {})}
+                    for b in data["benchmarks"]]
+        summary[name.split(".")[0]] = data
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+PYEOF
+echo "gpu_check finished, status $status; results in $OUT"
+exit $status

@@ -1,0 +1,60 @@
+// The op schemas of udg_fast, in one place (torchao / extension-cpp layout).
+//
+// Each op has one implementation per dispatch key: csrc/cpu/<op>.cpp registers CPU,
+// csrc/cuda/<op>.cu registers CUDA. The Python side (udg_fast/ops/<op>.py) registers the fake
+// (meta) implementation and autograd for each op, and picks between backends.
+#include <torch/library.h>
+#include <torch/extension.h>
+
+#include "build_config.h"
+
+TORCH_LIBRARY(udg_fast, m) {
+  // Eq. 7 of the UDG paper, one layer of the gated prediction MLP:
+  //   out = act(W (gate_scale * sigmoid(gate_logits) ⊙ x) + b)
+  // x, gate_logits: [B, K] contiguous; weight: [N, K]; bias: [N] or None; activation "relu"|"none".
+  m.def(
+      "gated_linear(Tensor x, Tensor gate_logits, Tensor weight, Tensor? bias, str activation, "
+      "float gate_scale) -> Tensor");
+  // Backward of gated_linear. `out` is the forward output (its sign is the ReLU mask).
+  // Returns (grad_x [B, K], grad_gate_logits [B, K], grad_weight [N, K], grad_bias [N]).
+  // grad_bias is always returned (Σ over rows of the pre-activation gradient); the caller drops
+  // it when the layer has no bias.
+  m.def(
+      "gated_linear_backward(Tensor grad_out, Tensor x, Tensor gate_logits, Tensor weight, "
+      "Tensor out, str activation, float gate_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // AUGRU / GRU (DIEN), see udg_fast/ops/augru.py for the equations.
+  // x: [B, T, I]; weight_ih: [3H, I]; weight_hh: [3H, H]; bias_ih, bias_hh: [3H] or None;
+  // att: [B, T] or None (a ≡ 1, plain GRU); lengths: [B] int64 or None (all T); h0: [B, H].
+  // Returns (outputs [B, T, H], h_n [B, H]); outputs are zero at steps t >= lengths[b].
+  m.def(
+      "augru(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+      "Tensor? att, Tensor? lengths, Tensor h0) -> (Tensor, Tensor)");
+  // Backward of augru, recomputing the gates from the saved outputs (= the h sequence).
+  // Returns (grad_x, grad_weight_ih, grad_weight_hh, grad_bias_ih [3H], grad_bias_hh [3H],
+  //          grad_att [B, T] (zeros when att is None), grad_h0 [B, H]).
+  m.def(
+      "augru_backward(Tensor grad_outputs, Tensor grad_h_n, Tensor x, Tensor weight_ih, "
+      "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? att, Tensor? lengths, "
+      "Tensor h0, Tensor outputs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+// What this extension was compiled with; udg_fast.build_info() returns it.
+pybind11::dict build_info() {
+  pybind11::dict d;
+  d["with_cuda"] = static_cast<bool>(UDG_FAST_WITH_CUDA);
+  d["cuda_archs"] = std::string(UDG_FAST_CUDA_ARCHS);
+  d["cuda_version"] = std::string(UDG_FAST_CUDA_VERSION);
+  d["torch_version"] = std::string(UDG_FAST_TORCH_VERSION);
+  d["cxx_flags"] = std::string(UDG_FAST_CXX_FLAGS);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "udg_fast C++/CUDA kernels; the ops live in torch.ops.udg_fast";
+  m.def("build_info", &build_info, "What the extension was compiled with.");
+}

@@ -1,0 +1,142 @@
+"""Backend selection, build information and the drop-in module."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import udg_fast
+from udg_fast import _backend
+
+
+def test_backends_table_has_every_backend():
+    table = udg_fast.backends()
+    assert set(table) == {"reference", "cpu", "triton", "cuda"}
+    for name, st in table.items():
+        assert set(st) == {"built", "usable", "reason"}
+        if not st["usable"]:
+            assert st["reason"], f"{name} is unusable but says no reason"
+    assert table["reference"]["usable"]
+    text = udg_fast.format_backends()
+    assert all(n in text for n in table)
+
+
+def test_extension_loads_here():
+    """This project's CI and development machines build the extension; its absence is a bug."""
+    info = udg_fast.build_info()
+    assert info["extension"], f"udg_fast._C did not load: {info.get('error')}"
+    assert udg_fast.backends()["cpu"]["usable"]
+
+
+def _cuda_build_expected() -> bool:
+    return (torch.version.cuda is not None and shutil.which("nvcc") is not None
+            and os.environ.get("UDG_FAST_SKIP_CUDA_BUILD", "0") not in ("1", "true", "TRUE", "yes"))
+
+
+@pytest.mark.skipif(not _cuda_build_expected(), reason="no nvcc or a CPU-only torch: a CPU-only build is expected")
+def test_cuda_extension_was_built():
+    """Where nvcc and a CUDA torch exist (CI's machine), the CUDA kernels must compile and link."""
+    info = udg_fast.build_info()
+    assert info["with_cuda"], f"CUDA kernels were not built: {info}"
+    assert "9.0" in info["cuda_archs"] and "8.0" in info["cuda_archs"], info
+    assert info["torch_version"] == torch.__version__
+    assert udg_fast.backends()["cuda"]["built"]
+    # The CUDA kernels are registered with the dispatcher.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("udg_fast::gated_linear", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("udg_fast::gated_linear_backward", "CUDA")
+
+
+def test_automatic_choice_on_cpu():
+    assert _backend.select("gated_linear", torch.device("cpu"), torch.float32) == "cpu"
+    assert _backend.select("gated_linear", torch.device("cpu"), torch.float64) == "cpu"
+    # float16 is not a cpu-backend dtype: the automatic choice falls back, it does not raise.
+    assert _backend.select("gated_linear", torch.device("cpu"), torch.float16) == "reference"
+
+
+def test_use_backend_nests_and_restores():
+    assert _backend.forced_backend() is None
+    with udg_fast.use_backend("reference"):
+        assert _backend.forced_backend() == "reference"
+        with udg_fast.use_backend("cpu"):
+            assert _backend.forced_backend() == "cpu"
+        assert _backend.forced_backend() == "reference"
+    assert _backend.forced_backend() is None
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv("UDG_FAST_BACKEND", "reference")
+    assert _backend.select("gated_linear", torch.device("cpu"), torch.float32) == "reference"
+    with udg_fast.use_backend("cpu"):  # the context manager wins over the environment
+        assert _backend.select("gated_linear", torch.device("cpu"), torch.float32) == "cpu"
+    monkeypatch.setenv("UDG_FAST_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="UDG_FAST_BACKEND: unknown backend 'tpu'"):
+        _backend.select("gated_linear", torch.device("cpu"), torch.float32)
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="unknown backend 'fast'; expected one of reference, cpu, triton, cuda"):
+        with udg_fast.use_backend("fast"):
+            pass
+
+
+def test_forced_backend_that_cannot_run_raises():
+    x = torch.randn(2, 3)
+    with udg_fast.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="backend 'cuda' was requested but cannot run here"):
+            udg_fast.ops.gated_linear(x, x, torch.randn(2, 3))
+    with udg_fast.use_backend("cpu"):
+        with pytest.raises(RuntimeError, match="dtype float16 is not supported"):
+            udg_fast.ops.gated_linear(x.half(), x.half(), torch.randn(2, 3).half())
+
+
+def test_forced_unbuilt_backend_raises(monkeypatch):
+    monkeypatch.setattr(_backend, "_C", None)
+    monkeypatch.setattr(_backend, "_C_ERROR", "ImportError: simulated")
+    assert not udg_fast.backends()["cpu"]["built"]
+    assert "simulated" in udg_fast.backends()["cpu"]["reason"]
+    # automatic choice falls back to the reference
+    assert _backend.select("gated_linear", torch.device("cpu"), torch.float32) == "reference"
+    with udg_fast.use_backend("cpu"), pytest.raises(RuntimeError, match="extension udg_fast._C not loaded"):
+        udg_fast.ops.gated_linear(torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3))
+
+
+# ---- GatedLinear, the drop-in module ------------------------------------------------------------
+
+def test_gated_linear_initialises_like_nn_linear():
+    torch.manual_seed(0)
+    lin = nn.Linear(37, 11)
+    torch.manual_seed(0)
+    gl = udg_fast.GatedLinear(37, 11)
+    assert torch.equal(lin.weight, gl.weight) and torch.equal(lin.bias, gl.bias)
+
+
+def test_nn_linear_state_dict_loads():
+    lin = nn.Linear(6, 4, bias=False)
+    gl = udg_fast.GatedLinear(6, 4, bias=False)
+    gl.load_state_dict(lin.state_dict())
+    assert gl.bias is None and torch.equal(gl.weight, lin.weight)
+    assert set(udg_fast.GatedLinear(6, 4).state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("activation", ["relu", None])
+def test_without_gates_it_is_linear_plus_activation(activation):
+    gl = udg_fast.GatedLinear(6, 4, activation=activation)
+    x = torch.randn(3, 2, 6)
+    y = torch.nn.functional.linear(x, gl.weight, gl.bias)
+    torch.testing.assert_close(gl(x), torch.relu(y) if activation else y)
+
+
+def test_open_gates_equal_no_gates():
+    """With gate logits of +inf and gate_scale 1 every gate is exactly 1: the base model."""
+    gl = udg_fast.GatedLinear(6, 4)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(gl(x, torch.full_like(x, float("inf"))), gl(x))
+
+
+def test_repr_and_bad_sizes():
+    assert "gate_scale=2.0" in repr(udg_fast.GatedLinear(3, 2, gate_scale=2))
+    with pytest.raises(ValueError, match="in_features must be a positive int"):
+        udg_fast.GatedLinear(0, 2)

@@ -1,0 +1,200 @@
+"""Backend selection for udg_fast ops: the one place that decides which kernel runs.
+
+Four backends implement every op:
+
+    reference  plain eager PyTorch (udg_fast/ops/naive.py), the oracle; any device, any dtype
+    cpu        C++ kernels in csrc/cpu/, through the extension udg_fast._C (float32, float64)
+    triton     Triton kernels in kernels/ (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1)
+    cuda       CUDA C++ kernels in csrc/cuda/, through udg_fast._C (float32, bfloat16, float16)
+
+Automatic choice: CPU tensors → `cpu` if built, else `reference`; CUDA tensors → the GPU backend
+preferred in `GPU_PREFERENCE` (Triton until a GPU benchmark says otherwise), else `reference`.
+An automatic choice never raises because something is missing: it falls back to `reference`,
+and `backends()` says why. A *forced* backend (`use_backend(...)` or the environment variable
+UDG_FAST_BACKEND) that cannot run the given inputs raises an error saying why.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# Which GPU backend runs when CUDA tensors are not forced onto one. Triton until measured: see
+# benchmarks/results/ for the GPU runs that decide it.
+GPU_PREFERENCE = ("triton", "cuda")
+
+# Dtypes each compiled backend handles; `reference` handles every floating dtype.
+DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "triton": (torch.float32, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.bfloat16, torch.float16),
+}
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("udg_fast_backend", default=None)
+
+# Filled by udg_fast/__init__.py when it tries to import the extension.
+_C = None
+_C_ERROR: str | None = None
+
+
+def _set_extension(module, error: str | None) -> None:
+    global _C, _C_ERROR
+    _C, _C_ERROR = module, error
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"{what}: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force every udg_fast op inside the block onto one backend (`None` restores automatic).
+
+    Example:
+        >>> with udg_fast.use_backend("reference"):
+        ...     y = layer(x, gate_logits)
+    """
+    if name is not None:
+        _check_name(name, "use_backend(name)")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_backend() -> str | None:
+    """The backend forced by `use_backend` (innermost) or UDG_FAST_BACKEND, else None."""
+    name = _forced.get()
+    if name is not None:
+        return name
+    env = os.environ.get("UDG_FAST_BACKEND")
+    if env:
+        return _check_name(env.strip(), "environment variable UDG_FAST_BACKEND")
+    return None
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_triton_status: tuple[bool, str] | None = None
+
+
+def _triton_importable() -> tuple[bool, str]:
+    global _triton_status
+    if _triton_status is None:
+        try:
+            import triton  # noqa: F401
+
+            from udg_fast.kernels import gated_linear  # noqa: F401
+
+            _triton_status = (True, "")
+        except Exception as e:  # ImportError, or a Triton that fails to initialise
+            _triton_status = (False, f"triton is not importable: {type(e).__name__}: {e}")
+    return _triton_status
+
+
+def _cuda_built() -> bool:
+    return _C is not None and bool(_C.build_info().get("with_cuda"))
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    built: bool
+    usable: bool
+    reason: str
+
+    def as_dict(self):
+        return {"built": self.built, "usable": self.usable, "reason": self.reason}
+
+
+def backend_status(name: str) -> BackendStatus:
+    """Whether backend `name` is built and usable on this machine, and why not."""
+    _check_name(name, "backend_status(name)")
+    if name == "reference":
+        return BackendStatus(name, True, True, "")
+    if name == "cpu":
+        if _C is None:
+            return BackendStatus(name, False, False, f"extension udg_fast._C not loaded: {_C_ERROR}")
+        return BackendStatus(name, True, True, "")
+    if name == "cuda":
+        if _C is None:
+            return BackendStatus(name, False, False, f"extension udg_fast._C not loaded: {_C_ERROR}")
+        if not _cuda_built():
+            return BackendStatus(name, False, False, "extension was built without CUDA")
+        if not torch.cuda.is_available():
+            return BackendStatus(name, True, False, "built, but no CUDA GPU is available")
+        return BackendStatus(name, True, True, "")
+    # triton
+    ok, why = _triton_importable()
+    if not ok:
+        return BackendStatus(name, False, False, why)
+    if torch.cuda.is_available():
+        return BackendStatus(name, True, True, "")
+    if triton_interpret():
+        return BackendStatus(name, True, True, "CPU tensors under TRITON_INTERPRET=1 (slow; for tests)")
+    return BackendStatus(name, True, False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on CPU, slowly)")
+
+
+def backends() -> dict[str, dict]:
+    """For each backend: {"built": bool, "usable": bool, "reason": str}."""
+    return {n: backend_status(n).as_dict() for n in BACKENDS}
+
+
+def format_backends() -> str:
+    rows = [("backend", "built", "usable", "note")]
+    for n in BACKENDS:
+        s = backend_status(n)
+        rows.append((n, "yes" if s.built else "no", "yes" if s.usable else "no", s.reason))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+def _ineligible(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why backend `name` cannot run tensors of this device and dtype (None if it can)."""
+    st = backend_status(name)
+    if not st.usable:
+        return st.reason
+    if name == "reference":
+        return None
+    if dtype not in DTYPES[name]:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in DTYPES[name])
+        return f"dtype {str(dtype).replace('torch.', '')} is not supported (supported: {allowed})"
+    if name == "cpu" and device.type != "cpu":
+        return f"needs CPU tensors, got {device.type}"
+    if name == "cuda" and device.type != "cuda":
+        return f"needs CUDA tensors, got {device.type}"
+    if name == "triton":
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpret():
+            return None
+        return f"needs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device.type}"
+    return None
+
+
+def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that runs `op` on tensors of this device and dtype."""
+    forced = forced_backend()
+    if forced is not None:
+        why = _ineligible(forced, device, dtype)
+        if why is not None:
+            raise RuntimeError(f"udg_fast.{op}: backend {forced!r} was requested but cannot run here: {why}")
+        return forced
+    if device.type == "cuda":
+        for name in GPU_PREFERENCE:
+            if _ineligible(name, device, dtype) is None:
+                return name
+        return "reference"
+    if device.type == "cpu" and _ineligible("cpu", device, dtype) is None:
+        return "cpu"
+    return "reference"
