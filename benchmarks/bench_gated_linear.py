@@ -76,6 +76,9 @@ def _fn(provider):
 @pytest.mark.parametrize("provider", _providers())
 def test_gated_linear(benchmark, provider, batch, dims, mode):
     k, n = dims
+    if provider == "compile" and DEVICE.type == "cuda" and (dims != (400, 200) or batch < 4096):
+        # mode="max-autotune" costs ~1 min of tuning per shape; the GPU check has 8 minutes.
+        pytest.skip("torch.compile(max-autotune) is measured at 400x200, B >= 4096 on GPU only")
     act = "none" if n == 1 else "relu"  # the output layer has no ReLU
     backward = mode == "fwd+bwd"
     x, gl, w, b = _inputs(batch, k, n, backward)
