@@ -182,6 +182,19 @@ def _ineligible(name: str, device: torch.device, dtype: torch.dtype) -> str | No
     return None
 
 
+def constant_result(fn):
+    """Mark `fn` as returning a constant for torch.compile: dynamo calls it once while tracing and
+    bakes in the result, instead of tracing through the context variable and environment lookups
+    of `select` (which would break the graph).
+
+    This is exactly what `torch.compiler.assume_constant_result` does (torch 2.11 – 2.14), minus
+    its `import torch._dynamo`, which costs ~3.4 s at `import udg_fast` on the development machine.
+    tests/ops/test_gated_linear.py::test_torch_compile_fullgraph fails if the marker stops working.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs `op` on tensors of this device and dtype."""
     forced = forced_backend()

@@ -24,7 +24,7 @@ from udg_fast.ops.naive import gated_linear_reference
 ACTIVATIONS = ("relu", "none")
 
 
-@torch.compiler.assume_constant_result
+@_backend.constant_result
 def _select(device: torch.device, dtype: torch.dtype) -> str:
     # Decided once per compiled graph: dynamo treats the result as a constant.
     return _backend.select("gated_linear", device, dtype)
@@ -109,6 +109,7 @@ def gated_linear(
     w = weight.contiguous()
     b = bias.contiguous() if bias is not None else None
     if backend == "triton":
+        _register_triton_ops()
         y = torch.ops.udg_fast.gated_linear_triton(x2, g2, w, b, activation, gate_scale, _triton_precision())
     else:  # "cpu" or "cuda": one C++ op, the dispatcher picks the kernel by device
         y = torch.ops.udg_fast.gated_linear(x2, g2, w, b, activation, gate_scale)
@@ -146,25 +147,39 @@ if _backend._C is not None:
 
 
 # ---- Triton op ------------------------------------------------------------------------------
+# `torch.library.triton_op` pulls in torch._inductor (~3 s at import on the development machine),
+# so the Triton ops are registered only where Triton can run: at import when the backend is usable
+# (a CUDA GPU, or TRITON_INTERPRET=1), else on first use.
 
-@torch.library.triton_op("udg_fast::gated_linear_triton", mutates_args=())
-def _gated_linear_triton(
-    x: torch.Tensor, gate_logits: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-    activation: str, gate_scale: float, input_precision: str,
-) -> torch.Tensor:
-    from udg_fast.kernels.gated_linear import gated_linear_fwd
-
-    return gated_linear_fwd(x, gate_logits, weight, bias, activation, gate_scale, input_precision)
+_TRITON_REGISTERED = False
 
 
-@torch.library.triton_op("udg_fast::gated_linear_triton_backward", mutates_args=())
-def _gated_linear_triton_backward(
-    grad_out: torch.Tensor, x: torch.Tensor, gate_logits: torch.Tensor, weight: torch.Tensor,
-    out: torch.Tensor, activation: str, gate_scale: float, input_precision: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from udg_fast.kernels.gated_linear import gated_linear_bwd
+def _register_triton_ops() -> None:
+    global _TRITON_REGISTERED
+    if _TRITON_REGISTERED:
+        return
 
-    return gated_linear_bwd(grad_out, x, gate_logits, weight, out, activation, gate_scale, input_precision)
+    @torch.library.triton_op("udg_fast::gated_linear_triton", mutates_args=())
+    def _gated_linear_triton(
+        x: torch.Tensor, gate_logits: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+        activation: str, gate_scale: float, input_precision: str,
+    ) -> torch.Tensor:
+        from udg_fast.kernels.gated_linear import gated_linear_fwd
+
+        return gated_linear_fwd(x, gate_logits, weight, bias, activation, gate_scale, input_precision)
+
+    @torch.library.triton_op("udg_fast::gated_linear_triton_backward", mutates_args=())
+    def _gated_linear_triton_backward(
+        grad_out: torch.Tensor, x: torch.Tensor, gate_logits: torch.Tensor, weight: torch.Tensor,
+        out: torch.Tensor, activation: str, gate_scale: float, input_precision: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        from udg_fast.kernels.gated_linear import gated_linear_bwd
+
+        return gated_linear_bwd(grad_out, x, gate_logits, weight, out, activation, gate_scale, input_precision)
+
+    torch.library.register_autograd(
+        "udg_fast::gated_linear_triton", _glt_backward, setup_context=_glt_setup_context)
+    _TRITON_REGISTERED = True
 
 
 def _glt_setup_context(ctx, inputs, output):
@@ -181,5 +196,5 @@ def _glt_backward(ctx, grad_out):
     return dx, dg, dw, (db if ctx.has_bias else None), None, None, None
 
 
-torch.library.register_autograd(
-    "udg_fast::gated_linear_triton", _glt_backward, setup_context=_glt_setup_context)
+if _backend.backend_status("triton").usable:
+    _register_triton_ops()
