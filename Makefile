@@ -8,6 +8,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 export MAX_JOBS ?= 2
+# The venv's tools first: cmake, ctest and ninja come from requirements-dev.txt.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Torch's CMake package, for the C++ test binary.
 CMAKE_BUILD := build/cmake
@@ -41,11 +43,12 @@ build: $(VENV)/.package-installed
 
 # 4. The C++ test binary (CPU kernels against a naive C++ loop), through CMake + ctest.
 ctest: build
-	$(PY) -m cmake -S . -B $(CMAKE_BUILD) -DCMAKE_BUILD_TYPE=Release \
+	@mkdir -p build
+	cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-	  -DPython3_EXECUTABLE="$(abspath $(PY))" > $(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }
-	$(PY) -m cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
-	cd $(CMAKE_BUILD) && $(abspath $(VENV))/bin/ctest --output-on-failure
+	  > $(CMAKE_BUILD).log 2>&1 || { cat $(CMAKE_BUILD).log; exit 1; }
+	cmake --build $(CMAKE_BUILD) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
 pytest: build
 	$(PY) -m pytest tests -q -p no:cacheprovider

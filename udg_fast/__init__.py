@@ -21,7 +21,7 @@ _backend._set_extension(_C, _C_ERROR)
 
 from udg_fast._backend import BACKENDS, backends, format_backends, use_backend  # noqa: E402
 from udg_fast import ops  # noqa: E402
-from udg_fast.modules import GatedLinear  # noqa: E402
+from udg_fast.modules import AUGRU, GatedLinear  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -41,4 +41,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["BACKENDS", "GatedLinear", "backends", "build_info", "format_backends", "ops", "use_backend"]
+__all__ = ["AUGRU", "BACKENDS", "GatedLinear", "backends", "build_info", "format_backends", "ops", "use_backend"]

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     from udg_fast.data.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+    from udg_fast.models.cli import add_parsers as add_model_parsers  # udg-fast train | evaluate
+    add_model_parsers(sub)
     return parser
 
 

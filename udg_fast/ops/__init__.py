@@ -2,4 +2,8 @@
 from udg_fast.ops.gated_linear import gated_linear
 from udg_fast.ops.naive import gated_linear_reference
 
-__all__ = ["gated_linear", "gated_linear_reference"]
+# augru (DIEN AUGRU / GRU)
+from udg_fast.ops.augru import augru  # noqa: E402
+from udg_fast.ops.naive import augru_reference  # noqa: E402
+
+__all__ = ["gated_linear", "gated_linear_reference", "augru", "augru_reference"]

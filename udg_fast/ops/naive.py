@@ -29,3 +29,66 @@ def gated_linear_reference(
     h = x * (torch.sigmoid(gate_logits) * gate_scale)
     y = F.linear(h, weight, bias)
     return torch.relu(y) if activation == "relu" else y
+
+
+# ---- augru (DIEN's AUGRU; a plain GRU without att) ---------------------------------------------
+
+def augru_reference(
+    x: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None = None,
+    bias_hh: torch.Tensor | None = None,
+    att: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AUGRU of the DIEN paper as a plain loop over t (the oracle). Gate order (r, z, n):
+
+        r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))
+        h_t = (1 − a_t z_t) ⊙ h_{t-1} + a_t z_t ⊙ n_t          (a ≡ 1 when att is None)
+
+    Steps t >= lengths[b] leave h unchanged and output zeros.
+
+    Args:
+        x: `[B, T, I]`; weight_ih: `[3H, I]`; weight_hh: `[3H, H]`; bias_ih, bias_hh: `[3H]` or None.
+        att: `[B, T]` attention scores or None; lengths: `[B]` integers in [0, T] or None (all T);
+        h0: `[B, H]` or None (zeros).
+    Returns:
+        (outputs `[B, T, H]`, h_n `[B, H]`). float16/bfloat16 inputs are computed in float32.
+    """
+    dtype = x.dtype
+    cdt = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def c(t):
+        return None if t is None else t.to(cdt)
+
+    x, weight_ih, weight_hh, bias_ih, bias_hh, att, h0 = map(c, (x, weight_ih, weight_hh, bias_ih, bias_hh, att, h0))
+    B, T, _ = x.shape
+    H = weight_hh.shape[1]
+    h = x.new_zeros(B, H) if h0 is None else h0
+    gi = F.linear(x, weight_ih, bias_ih)  # [B, T, 3H]: the input projection of every step
+    steps = torch.arange(T, device=x.device)
+    mask = None if lengths is None else steps[None, :] < lengths.to(x.device)[:, None]  # [B, T]
+    outs = []
+    for t in range(T):
+        gh = F.linear(h, weight_hh, bias_hh)
+        i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        if att is not None:
+            z = att[:, t, None] * z
+        h_new = (1 - z) * h + z * n
+        if mask is None:
+            h = h_new
+            outs.append(h_new)
+        else:
+            m = mask[:, t, None]
+            h = torch.where(m, h_new, h)
+            outs.append(torch.where(m, h_new, torch.zeros_like(h_new)))
+    outputs = torch.stack(outs, dim=1) if T > 0 else x.new_zeros(B, 0, H)
+    return outputs.to(dtype), h.to(dtype)

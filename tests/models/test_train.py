@@ -1,0 +1,170 @@
+"""Trainer, checkpoints, resume, determinism, the CLI, and torch.compile of a UDG model."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from udg_fast import cli, data, metrics, models, train
+from udg_fast.models import ModelError
+
+from .conftest import tiny_hp
+
+CFG = dict(batch_size=128, lr=5e-3, progress=False)
+
+
+def _model(schema, name="din", udg=True, seed=0, **kw):
+    train.set_seed(seed)
+    return models.build(name, schema, udg=udg, **tiny_hp(name, **kw))
+
+
+def _quiet(msg):
+    pass
+
+
+def _states_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_fit_writes_best_checkpoint_and_metrics(synth, tmp_path):
+    model = _model(synth.schema, "dien")
+    res = train.fit(model, synth, train.TrainConfig(epochs=2, patience=0, **CFG), out_dir=tmp_path, log=_quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "metrics.json"]  # no .tmp left
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["test"] == pytest.approx(res["test"])
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    aucs = [h["valid"]["auc"] for h in res["history"]]
+    assert res["best_epoch"] == 1 + max(range(2), key=lambda i: aucs[i])
+    # the returned model is the best epoch's, and best.pt holds exactly it
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert ckpt["epoch"] + 1 == res["best_epoch"] and ckpt["config"] == model.config
+    loaded, _ = train.load_checkpoint(tmp_path / "best.pt", synth.schema)
+    b = next(synth.test.batches(100))
+    assert torch.equal(loaded.score(b), model.score(b).cpu())   # fit may have moved model to CUDA
+    # RIG uses the training set's positive rate
+    p = train.positive_rate(synth.train)
+    h = -p * math.log(p) - (1 - p) * math.log(1 - p)
+    assert res["test"]["rig"] == pytest.approx(1 - res["test"]["logloss"] / h)
+    probs = train.predict(model, synth.test)
+    assert res["test"]["auc"] == pytest.approx(metrics.auc(synth.test["label"], probs))
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(synth, batch, tmp_path):
+    for name, udg in (("pnn", True), ("dien", False)):
+        model = _model(synth.schema, name, udg, product="both") if name == "pnn" else _model(synth.schema, name, udg)
+        with torch.no_grad():  # move away from the initialisation
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        path = train.save_checkpoint(tmp_path / f"{name}.pt", model, epoch=0, metrics={"auc": 0.5})
+        again, ckpt = train.load_checkpoint(path, synth.schema)
+        assert ckpt["metrics"] == {"auc": 0.5}
+        assert torch.equal(again.score(batch), model.score(batch))
+        _states_equal(again.state_dict(), model.state_dict())
+
+
+def test_cpu_training_repeats_exactly_and_resume_equals_one_run(synth, tmp_path):
+    cfg2 = train.TrainConfig(epochs=2, patience=0, seed=3, **CFG)
+    a = _model(synth.schema, "dien", seed=1)
+    ra = train.fit(a, synth, cfg2, out_dir=tmp_path / "a", log=_quiet)
+    b = _model(synth.schema, "dien", seed=1)
+    rb = train.fit(b, synth, cfg2, log=_quiet)
+    _states_equal(a.state_dict(), b.state_dict())
+    assert ra["test"] == rb["test"]
+    # one epoch, then resume for the second: the same as two epochs in one go
+    c = _model(synth.schema, "dien", seed=1)
+    train.fit(c, synth, train.TrainConfig(epochs=1, patience=0, seed=3, **CFG), out_dir=tmp_path / "c", log=_quiet)
+    d = _model(synth.schema, "dien", seed=7)  # its own weights are overwritten by the checkpoint
+    rd = train.fit(d, synth, cfg2, out_dir=tmp_path / "c", resume=tmp_path / "c" / "last.pt", log=_quiet)
+    assert [h["train_loss"] for h in rd["history"]] == [h["train_loss"] for h in ra["history"]]
+    assert rd["test"] == ra["test"]
+    last_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
+    last_c = torch.load(tmp_path / "c" / "last.pt", weights_only=True)["state_dict"]
+    _states_equal(last_a, last_c)
+
+
+def test_early_stopping_and_lr_decay(synth):
+    model = _model(synth.schema, "wdl", udg=False)
+    lines = []
+    # a learning rate this large overfits the tiny set fast: valid AUC stops improving
+    res = train.fit(model, synth, train.TrainConfig(epochs=8, patience=1, batch_size=64, lr=0.05, lr_decay=0.9,
+                                                    progress=False), log=lines.append)
+    n = len(res["history"])
+    assert n < 8 and any("early stop" in s for s in lines)
+    assert [h["lr"] for h in res["history"]] == pytest.approx([0.05 * 0.9 ** e for e in range(n)])
+    assert res["valid"]["auc"] == max(h["valid"]["auc"] for h in res["history"])
+
+
+def test_checkpoint_errors_are_clear(synth, tmp_path):
+    model = _model(synth.schema, "din")
+    path = train.save_checkpoint(tmp_path / "best.pt", model, epoch=0)
+    other = data.load("synthetic", cache=False, progress=False, n_users=60, n_items=100, n_cats=6,
+                      samples_per_user=40, max_len=12)
+    with pytest.raises(ModelError, match=r"field 'item_id' has vocab_size 81 in the checkpoint but 101 in the data"):
+        train.load_checkpoint(path, other.schema)
+    longer = data.load("synthetic", cache=False, progress=False, n_users=60, n_items=80, n_cats=6,
+                       samples_per_user=40, max_len=20)
+    with pytest.raises(ModelError, match="max_len is 12 in the checkpoint but 20"):
+        train.load_checkpoint(path, longer.schema)
+    with pytest.raises(ModelError, match="max_len"):
+        train.fit(model, longer, train.TrainConfig(epochs=1, **CFG), log=_quiet)
+    # a state dict that does not fit the configuration
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["hparams"]["hidden"] = [16, 4]
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match=r"does not fit the model din\+udg: shape mismatch mlp.layers.0.weight"):
+        train.load_checkpoint(tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not a readable udg_fast checkpoint"):
+        train.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(ModelError, match="no checkpoint at"):
+        train.load_checkpoint(tmp_path / "missing.pt")
+    # resuming another model's run
+    with pytest.raises(ModelError, match="another model or configuration"):
+        train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=2, **CFG), resume=path, log=_quiet)
+
+
+def test_train_and_evaluate_commands(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "synthetic", "-o", "n_users=40", "-o", "samples_per_user=30", "-o", "max_len=10",
+            "--model", "wdl", "--udg", "--epochs", "1", "--seed", "0", "--embed-dim", "4", "--hidden", "8,4",
+            "--gate-scale", "2", "--hp", "udg_dim=3", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "wdl+udg" in printed and "AUC" in printed and "Log Loss" in printed and "gAUC" in printed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["hparams"]["gate_scale"] == 2.0 and saved["hparams"]["udg_dim"] == 3
+    assert cli.main(["evaluate", "--checkpoint", str(out / "best.pt"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-6)
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert cli.main(argv[:-3] + ["--hp", "colour=blue", "--out", str(out)]) == 2
+    assert "unknown hyper-parameter(s) 'colour'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "xgboost"])
+
+
+def test_torch_compile_of_a_udg_model_traces_in_one_graph(synth, batch):
+    """fullgraph: the fused ops' fake implementations and registered autograd carry dynamo and
+    AOTAutograd through forward and backward (aot_eager: the same graphs, no C++ codegen)."""
+    model = _model(synth.schema, "dien", True).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(batch), model(batch), rtol=1e-5, atol=1e-6)
+    model.train()
+    compiled(batch).sum().backward()
+    assert model.gates.fc1.weight.grad is not None and model.evolver.weight_hh_l0.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_of_a_udg_model(synth, batch):
+    """The default backend (inductor, C++ codegen on CPU): 20–40 s of compiling on this machine when
+    inductor's cache is cold, ~2 s when warm."""
+    model = _model(synth.schema, "din", True).eval()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(batch), model(batch), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,347 @@
+"""`CTRModel`: the paper's base model (Eq. 1–4) and its UDG variant (Eq. 5–7) in one code path.
+
+    e_user = Concat(E[user_id], E[profile…], E[context…])          (Eq. 1)
+    e_item = Concat(E[item_id], E[item_cat], E[extra item fields…])
+    e_hist = [Concat(E[hist_item_t], E[hist_cat_t])]_t             (shares item_id / item_cat tables)
+    e_mid  = middle layer: pooled history (PNN, DeepFM, W&D), DIN attention, DIEN GRU+AUGRU (Eq. 2)
+    logit  = MLP(Concat(e_mid, e_item, e_user[, model extras]))    (Eq. 3–4), + FM / wide terms
+    UDG:     u = Concat(e_item, e_behv, E^UDG[user_id])            (Eq. 6, e_behv = pooled history)
+             g_l = GN^(l)(u);  h_l = act(W_l (γ·σ(g_l) ⊙ h_{l-1}) + b_l)   for every layer (Eq. 7)
+
+A subclass implements the model's own part: `_build()` (its modules; returns the widths it adds to
+the MLP input), `middle()`, and optionally `extra_features()` / `extra_logit()`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from udg_fast.data import Schema
+from udg_fast.models.embedding import DEFAULT_INIT_STD, FieldEmbedding, init_embedding_
+from udg_fast.models.gating import GatingNetworks
+from udg_fast.models.mlp import GatedMLP
+
+BEHAVIOUR_FIELDS = ("hist_item", "hist_cat")
+NEGATIVE_FIELDS = {"hist_item": "neg_hist_item", "hist_cat": "neg_hist_cat"}
+GATE_INPUTS = ("paper", "official")
+POOLING = ("mean", "sum")
+
+#: hyper-parameters every model takes, with their defaults
+COMMON_HPARAMS: dict[str, Any] = {
+    "embed_dim": 18,            # d; "base with doubled embedding size" (Table 3) = embed_dim=36
+    "hidden": (256, 128),       # hidden widths of the prediction MLP (the output layer is added)
+    "embed_init_std": DEFAULT_INIT_STD,
+    "pooling": "mean",          # how the history is pooled into e_behv (mean or sum over valid steps)
+    "l2_embedding": 0.0,        # L2 penalty on every embedding table, added by loss()
+    # UDG (ignored when udg=False)
+    "gate_scale": 1.0,          # γ in g = γ·σ(·); the paper's 1
+    "gate_inputs": "paper",     # "paper": Concat(e_item, e_behv, e_UDG); "official": e_UDG + profile
+    "gate_hidden": None,        # hidden width of the gate networks (None: their input width)
+    "udg_dim": None,            # size of the UDG user embedding (None: embed_dim)
+    "udg_init_std": None,       # std of E^UDG's N(0, std²) initialisation (None: embed_init_std)
+}
+
+
+class ModelError(ValueError):
+    """Bad model input: an unknown model or hyper-parameter, a batch missing a field, a schema or
+    checkpoint that does not fit. The message names what is wrong."""
+
+
+@dataclass
+class Embedded:
+    """What the embedding layer produced for one batch."""
+
+    user: torch.Tensor        # [B, n_user, d]   user id, profile and context fields
+    item: torch.Tensor        # [B, n_item, d]   target item fields
+    hist: torch.Tensor        # [B, T, D_b]      per-step behaviour embedding (D_b = n_behv · d)
+    behv: torch.Tensor        # [B, n_behv, d]   pooled over the valid steps
+    query: torch.Tensor       # [B, D_b]         the target item in the behaviour space (item_id, item_cat)
+    mask: torch.Tensor        # [B, T] bool      valid history steps
+    lengths: torch.Tensor     # [B] int64
+
+    @property
+    def user_flat(self) -> torch.Tensor:
+        return self.user.flatten(1)
+
+    @property
+    def item_flat(self) -> torch.Tensor:
+        return self.item.flatten(1)
+
+    @property
+    def behv_flat(self) -> torch.Tensor:
+        return self.behv.flatten(1)
+
+
+def _plain(v):
+    """Hyper-parameter values as plain, JSON- and weights_only-safe types (tuples → lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class CTRModel(nn.Module):
+    """Base class of the five models; `udg=True` adds E^UDG and the gating networks.
+
+    Args:
+        schema: the dataset's `udg_fast.data.Schema` (field roles and vocabulary sizes).
+        udg: build the UDG variant.
+        **hparams: `COMMON_HPARAMS` plus the model's own `DEFAULTS`; unknown names raise.
+
+    Calls:
+        `forward(batch, udg_emb=None)` → logits `[B]`; `loss(batch)` → (loss, logits);
+        `score(batch)` → probabilities `[B]` without gradients (unknown ids → padding id 0).
+
+    UDG hooks:
+        `model.udg_embedding` — E^UDG, an `nn.Embedding` over user ids (padding row 0 = zeros);
+        `model.udg_user_embedding(batch)` → `[B, udg_dim]`; `forward(batch, udg_emb=…)` replaces
+        it per sample (differentiably), e.g. by a cold-start generator's output;
+        `model.bypass_gates = True` (or `with model.gates_bypassed():`) skips the gates, so the
+        UDG model computes exactly its base model from the shared weights.
+    """
+
+    name: str = "base"
+    DEFAULTS: dict[str, Any] = {}
+    #: fields forward() reads in addition to the user / item / profile / context fields
+    history_fields: tuple[str, ...] = ("hist_item", "hist_cat", "hist_len")
+
+    def __init__(self, schema: Schema, udg: bool = False, **hparams):
+        super().__init__()
+        if not isinstance(schema, Schema):
+            raise ModelError(f"{self.name}: schema must be a udg_fast.data.Schema, got {type(schema).__name__}")
+        hp = self.resolve_hparams(hparams)
+        self.schema, self.udg, self.hparams = schema, bool(udg), hp
+        d = self.embed_dim = int(hp["embed_dim"])
+        if d < 1:
+            raise ModelError(f"{self.name}: embed_dim must be a positive int, got {hp['embed_dim']!r}")
+        if hp["pooling"] not in POOLING:
+            raise ModelError(f"{self.name}: pooling must be one of {POOLING}, got {hp['pooling']!r}")
+        if hp["gate_inputs"] not in GATE_INPUTS:
+            raise ModelError(f"{self.name}: gate_inputs must be one of {GATE_INPUTS}, got {hp['gate_inputs']!r}")
+        for f in ("user_id", "item_id"):
+            if f not in schema:
+                raise ModelError(f"{self.name}: the schema has no {f!r} field (fields: {', '.join(schema.names)})")
+
+        self.user_fields = tuple(schema.user_fields) + tuple(schema.profile_fields) + tuple(schema.context_fields)
+        self.item_fields = tuple(schema.item_fields)
+        self.behv_fields = tuple(f for f in BEHAVIOUR_FIELDS if f in schema)
+        if "hist_item" not in self.behv_fields or "hist_len" not in schema:
+            raise ModelError(f"{self.name}: the schema has no behaviour history (needs 'hist_item' and 'hist_len')")
+        self.query_fields = tuple(schema[f].key for f in self.behv_fields)
+        self.max_len = schema.max_len
+        self.embedding = FieldEmbedding(schema, d, hp["embed_init_std"])
+        self.behv_dim = d * len(self.behv_fields)
+
+        extra_dim = self._build()  # the model's own modules: the width they add to the MLP input
+        self.mlp_in_dim = self.mid_dim + d * (len(self.item_fields) + len(self.user_fields)) + extra_dim
+        self.mlp = GatedMLP(self.mlp_in_dim, hp["hidden"], gate_scale=hp["gate_scale"])
+
+        self.bypass_gates = False
+        if self.udg:
+            udg_dim = int(hp["udg_dim"] or d)
+            self.udg_dim = udg_dim
+            # E^UDG: a separate user-id table (Eq. 5), initialised like the others.
+            self.udg_embedding = nn.Embedding(schema.vocab_size("user_id"), udg_dim, padding_idx=0)
+            std = hp["udg_init_std"] if hp["udg_init_std"] is not None else hp["embed_init_std"]
+            init_embedding_(self.udg_embedding, std)
+            if hp["gate_inputs"] == "paper":
+                gate_in = d * len(self.item_fields) + self.behv_dim + udg_dim
+            else:  # the authors' TF code: E^UDG[user_id] + the (fixed) profile embeddings
+                gate_in = udg_dim + d * len(schema.profile_fields)
+            self.gates = GatingNetworks(gate_in, self.mlp.in_dims, hp["gate_hidden"])
+        else:
+            self.udg_dim = 0
+            self.udg_embedding = None
+            self.gates = None
+
+    # ---- construction helpers ----------------------------------------------------------------
+
+    @classmethod
+    def resolve_hparams(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """`COMMON_HPARAMS` ∪ `DEFAULTS` overridden by `hparams`; unknown names raise ModelError."""
+        allowed = {**COMMON_HPARAMS, **cls.DEFAULTS}
+        bad = sorted(set(hparams) - set(allowed))
+        if bad:
+            raise ModelError(f"{cls.name}: unknown hyper-parameter(s) {', '.join(map(repr, bad))} "
+                             f"(valid: {', '.join(sorted(allowed))})")
+        hp = {**allowed, **hparams}
+        for k in ("hidden",):
+            if isinstance(hp[k], int):
+                hp[k] = (hp[k],)
+        return {k: _plain(v) for k, v in hp.items()}
+
+    def _build(self) -> int:
+        """Create the model's own modules; set `self.mid_dim`; return the extra MLP-input width."""
+        self.mid_dim = self.behv_dim
+        return 0
+
+    @property
+    def config(self) -> dict:
+        """Everything `udg_fast.models.build_from_config` needs: plain types only."""
+        return {"model": self.name, "udg": self.udg, "hparams": dict(self.hparams), "schema": self.schema.to_dict()}
+
+    # ---- input checks ------------------------------------------------------------------------
+
+    def required_fields(self, training: bool = False) -> tuple[str, ...]:
+        """The batch fields `forward` (and, with training=True, `loss`) reads."""
+        req = self.user_fields + self.item_fields + tuple(f for f in self.history_fields if f in self.schema)
+        if training:
+            req = req + ("label",)
+        return req
+
+    def check_batch(self, batch: Mapping[str, torch.Tensor], training: bool = False) -> None:
+        """Raise ModelError naming the first field the model needs that `batch` lacks."""
+        if not isinstance(batch, Mapping):
+            raise ModelError(f"{self.name}: a batch is a dict of tensors keyed by field name, got {type(batch).__name__}")
+        missing = [f for f in self.required_fields(training) if f not in batch]
+        if missing:
+            raise ModelError(f"{self.name}: the batch lacks field(s) {', '.join(map(repr, missing))} that the model "
+                             f"needs (batch has: {', '.join(batch)})")
+
+    def sanitize(self, batch: Mapping[str, torch.Tensor]) -> dict:
+        """A copy of `batch` whose ids outside a field's vocabulary (unknown users, new items) are
+        the padding id 0, and `hist_len` clamped to [0, max_len]: serving never raises an index error."""
+        out = dict(batch)
+        for f in self.embedding.keys:
+            if f in out:
+                v = self.schema.vocab_size(self.embedding.keys[f])
+                ids = torch.as_tensor(out[f])
+                out[f] = torch.where((ids >= 0) & (ids < v), ids, torch.zeros_like(ids))
+        if "hist_len" in out:
+            T = out["hist_item"].shape[1] if "hist_item" in out else self.max_len
+            out["hist_len"] = torch.as_tensor(out["hist_len"]).clamp(0, T)
+        return out
+
+    # ---- the embedding layer (Eq. 1) ----------------------------------------------------------
+
+    def _stack(self, fields, batch) -> torch.Tensor:
+        return torch.stack([self.embedding(f, batch[f]) for f in fields], 1)
+
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> Embedded:
+        lengths = batch["hist_len"]
+        T = batch["hist_item"].shape[1]
+        mask = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)  # [B, T]
+        steps = [self.embedding(f, batch[f]) for f in self.behv_fields]        # each [B, T, d]
+        hist = torch.cat(steps, -1) if len(steps) > 1 else steps[0]
+        w = mask.to(hist.dtype)
+        if self.hparams["pooling"] == "mean":
+            w = w / lengths.clamp_min(1).unsqueeze(1).to(hist.dtype)
+        # masked pooling: padded steps get weight 0, whatever ids they hold
+        behv = torch.bmm(w.unsqueeze(1), hist).view(hist.shape[0], len(steps), self.embed_dim)
+        item = self._stack(self.item_fields, batch)
+        query = item[:, [self.item_fields.index(k) for k in self.query_fields]].flatten(1)
+        return Embedded(user=self._stack(self.user_fields, batch), item=item, hist=hist, behv=behv,
+                        query=query, mask=mask, lengths=lengths)
+
+    def embed_steps(self, batch, fields, index=None) -> torch.Tensor:
+        """Concat of the embeddings of history-like `fields` (e.g. the negative history), optionally
+        only at a boolean `index` `[B, T]` of steps → `[N, D_b]` (or `[B, T, D_b]`)."""
+        parts = [self.embedding(f, batch[f] if index is None else batch[f][index]) for f in fields]
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+    # ---- the model's own part -----------------------------------------------------------------
+
+    def middle(self, e: Embedded, batch, aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The middle layer (Eq. 2) → (e_mid `[B, mid_dim]`, auxiliary loss or None).
+        Default: the pooled history (the multi-hot behaviour feature)."""
+        return e.behv_flat, None
+
+    def extra_features(self, e: Embedded) -> list[torch.Tensor]:
+        """Model-specific MLP inputs (PNN's products)."""
+        return []
+
+    def extra_logit(self, e: Embedded, batch) -> torch.Tensor | None:
+        """Model-specific logit terms added to the MLP's (DeepFM's FM, W&D's wide part)."""
+        return None
+
+    # ---- UDG ---------------------------------------------------------------------------------
+
+    def udg_user_embedding(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """E^UDG[user_id] `[B, udg_dim]` (the cold-start issue may replace it per sample through
+        `forward(batch, udg_emb=...)`)."""
+        if not self.udg:
+            raise ModelError(f"{self.name}: not a UDG model (build it with udg=True)")
+        return self.udg_embedding(batch["user_id"])
+
+    def gate_input(self, e: Embedded, batch, udg_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """The gating networks' input u (Eq. 6)."""
+        if udg_emb is None:
+            udg_emb = self.udg_user_embedding(batch)
+        elif udg_emb.shape != (e.item.shape[0], self.udg_dim):
+            raise ModelError(f"{self.name}: udg_emb must be [B, udg_dim] = [{e.item.shape[0]}, {self.udg_dim}], "
+                             f"got {tuple(udg_emb.shape)}")
+        if self.hparams["gate_inputs"] == "paper":
+            return torch.cat([e.item_flat, e.behv_flat, udg_emb], 1)
+        n = len(self.schema.user_fields)
+        profile = e.user[:, n:n + len(self.schema.profile_fields)].flatten(1).detach()  # held fixed, as the TF code
+        return torch.cat([udg_emb, profile], 1)
+
+    def gate_logits(self, e: Embedded, batch, udg_emb=None) -> list[torch.Tensor] | None:
+        """One `[B, K_l]` logit tensor per MLP layer, or None for the base model / bypassed gates."""
+        if not self.udg or self.bypass_gates:
+            return None
+        return self.gates(self.gate_input(e, batch, udg_emb))
+
+    @contextlib.contextmanager
+    def gates_bypassed(self):
+        """Within the block the gates are skipped (g ≡ 1): the UDG model computes its base model."""
+        old, self.bypass_gates = self.bypass_gates, True
+        try:
+            yield self
+        finally:
+            self.bypass_gates = old
+
+    # ---- forward, loss, score -----------------------------------------------------------------
+
+    def _forward(self, batch, udg_emb, aux: bool):
+        e = self.embed(batch)
+        mid, aux_loss = self.middle(e, batch, aux)
+        x = torch.cat([mid, e.item_flat, e.user_flat, *self.extra_features(e)], 1)
+        logit = self.mlp(x, self.gate_logits(e, batch, udg_emb)).squeeze(-1)
+        extra = self.extra_logit(e, batch)
+        if extra is not None:
+            logit = logit + extra
+        return logit, aux_loss
+
+    def forward(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """batch: dict of `[B]` / `[B, T]` tensors (a `Split.batches` item) → logits `[B]`."""
+        self.check_batch(batch)
+        return self._forward(batch, udg_emb, aux=False)[0]
+
+    def loss(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss, logits `[B]`): binary cross-entropy with logits (the paper's 2-way softmax
+        CE), + the model's auxiliary loss (DIEN, in training mode) + the embedding L2 penalty."""
+        self.check_batch(batch, training=True)
+        logits, aux = self._forward(batch, udg_emb, aux=self.training)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+        if aux is not None:
+            loss = loss + aux
+        l2 = self.hparams["l2_embedding"]
+        if l2:
+            tables = list(self.embedding.tables.values())
+            if self.udg:
+                tables.append(self.udg_embedding)
+            loss = loss + l2 * sum(t.weight.pow(2).sum() for t in tables)
+        return loss, logits
+
+    @torch.no_grad()
+    def score(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Click probabilities `[B]` (float32) for inference: eval mode, no gradients; ids outside a
+        field's vocabulary (e.g. an unknown user) are mapped to the padding id 0."""
+        was = self.training
+        self.eval()
+        try:
+            self.check_batch(batch)
+            dev = next(self.parameters()).device
+            b = {k: v.to(dev) for k, v in self.sanitize(batch).items() if isinstance(v, torch.Tensor)}
+            return torch.sigmoid(self._forward(b, udg_emb, aux=False)[0].float())
+        finally:
+            self.train(was)
+
+    def extra_repr(self) -> str:
+        return f"udg={self.udg}, embed_dim={self.embed_dim}, hidden={tuple(self.hparams['hidden'])}"

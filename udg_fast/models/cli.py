@@ -1,0 +1,177 @@
+"""``udg-fast train`` and ``udg-fast evaluate``.
+
+    udg-fast train --dataset ml-100k --model din [--udg] [--epochs 3] [--seed 0] [--out DIR]
+                   [--embed-dim 18] [--hidden 256,128] [--gate-scale 1] [--gate-inputs paper]
+                   [--hp KEY=VALUE ...] [--batch-size 256] [--lr 1e-3] [--lr-decay 0.5]
+                   [--patience 1] [--device auto] [--threads N] [--resume DIR/last.pt]
+    udg-fast evaluate --checkpoint DIR/best.pt [--split test]
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _pairs(items, what: str) -> dict:
+    out = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ValueError(f"{what} {kv!r} is not KEY=VALUE")
+        k, v = kv.split("=", 1)
+        out[k.strip().replace("-", "_")] = _value(v.strip())
+    return out
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, e.g. 256,128; got {text!r}") from None
+
+
+def add_parsers(subparsers) -> None:
+    from udg_fast.models import MODELS
+
+    p = subparsers.add_parser("train", help="train a model (optionally with UDG), evaluate it on test",
+                              description="Train on the train split, keep the epoch with the best valid AUC, "
+                                          "print its test metrics; write best.pt, last.pt and metrics.json to --out.")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="ml-100k", help="dataset name (udg-fast data list; default ml-100k)")
+    g.add_argument("--data-path", default=None, help="raw files of the dataset (a zip or a folder)")
+    g.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset option, e.g. -o max_len=100 or -o n_users=2000 (synthetic)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, choices=sorted(MODELS), help="the base model")
+    g.add_argument("--udg", action="store_true", help="add User-Dependent Gating")
+    g.add_argument("--embed-dim", type=int, default=None, help="embedding size d (default 18)")
+    g.add_argument("--hidden", type=_ints, default=None, help="hidden widths of the MLP, e.g. 256,128")
+    g.add_argument("--gate-scale", type=float, default=None, help="UDG gate scale γ (default 1, the paper's)")
+    g.add_argument("--gate-inputs", choices=("paper", "official"), default=None,
+                   help="UDG gate input: paper (item, behaviour, UDG embedding) or official (UDG + profile)")
+    g.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other hyper-parameter, e.g. --hp att_norm=softmax --hp product=outer")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr-decay", type=float, default=0.5, help="learning-rate factor per epoch (0.5: halved)")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--patience", type=int, default=1, help="early stopping: epochs without a better valid AUC")
+    g.add_argument("--seed", type=int, default=0, help="seeds initialisation and shuffling")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+    g.add_argument("--out", default=None, help="output folder (default runs/DATASET-MODEL[-udg]-seedS)")
+    g.add_argument("--resume", default=None, metavar="LAST_PT", help="continue a run from its last.pt")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
+    p.set_defaults(func=_cmd_train)
+
+    e = subparsers.add_parser("evaluate", help="evaluate a checkpoint (best.pt) on a split",
+                              description="Reload the checkpoint's dataset (or --dataset), check that it fits the "
+                                          "checkpoint, and print the metrics on --split.")
+    e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by udg-fast train")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    e.add_argument("--dataset", default=None, help="another dataset than the checkpoint's")
+    e.add_argument("--data-path", default=None)
+    e.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=8192)
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.set_defaults(func=_cmd_evaluate)
+
+
+def _fail(msg: str) -> int:
+    print(f"udg-fast: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _label(model: str, udg: bool) -> str:
+    return f"{model}+udg" if udg else model
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from udg_fast import data, models, train
+    from udg_fast.data import DataError
+    from udg_fast.models import ModelError
+
+    try:
+        data_opts = _pairs(args.data_option, "data option")
+        hp = _pairs(args.hp, "hyper-parameter")
+        for k, v in (("embed_dim", args.embed_dim), ("hidden", args.hidden), ("gate_scale", args.gate_scale),
+                     ("gate_inputs", args.gate_inputs)):
+            if v is not None:
+                hp[k] = v
+        cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                                weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
+                                device=args.device, amp=not args.no_amp,
+                                progress=False if args.no_progress else None)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ds = data.load(args.dataset, args.data_path, progress=False if args.no_progress else None, **data_opts)
+        train.set_seed(args.seed)
+        model = models.build(args.model, ds.schema, udg=args.udg, **hp)
+        out = Path(args.out or f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
+        info = {"name": ds.name, "path": None if args.data_path is None else str(Path(args.data_path).resolve()),
+                "options": dict(ds.meta.get("options", {}))}
+        result = train.fit(model, ds, cfg, out_dir=out, resume=args.resume, dataset_info=info)
+    except (DataError, ModelError, ValueError, FloatingPointError) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+        return 0
+    row = dict(result.get("test") or {})
+    row.update(epochs=len(result["history"]), best=result["best_epoch"], spe=result["seconds_per_epoch"],
+               params=result["parameters"])
+    print(f"{ds.name} test metrics (epoch {result['best_epoch']} of {len(result['history'])}, best valid AUC):")
+    print(train.format_table({_label(args.model, args.udg): row},
+                             extra=(("spe", "s/epoch", ".1f"), ("params", "params", ","))))
+    print(f"wrote {out / 'metrics.json'}, {out / 'best.pt'}")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import torch
+
+    from udg_fast import data, train
+    from udg_fast.data import DataError
+    from udg_fast.models import ModelError
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ckpt = train.read_checkpoint(args.checkpoint)
+        info = dict(ckpt.get("dataset") or {})
+        if args.dataset is not None:
+            info = {"name": args.dataset, "path": args.data_path, "options": {}}
+        if not info.get("name"):
+            raise ModelError(f"{args.checkpoint}: records no dataset; pass --dataset")
+        opts = {**info.get("options", {}), **_pairs(args.data_option, "data option")}
+        ds = data.load(info["name"], args.data_path or info.get("path"), progress=False, **opts)
+        device = train.resolve_device(args.device)
+        model, ckpt = train.load_checkpoint(args.checkpoint, ds.schema, map_location=device)
+        split = ds[args.split]
+        m = train.evaluate_split(model, split, train.positive_rate(ds.train), args.batch_size, device)
+    except (DataError, ModelError, ValueError) as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    cfg = ckpt["config"]
+    print(f"{args.checkpoint} (epoch {ckpt['epoch'] + 1}) on {ds.name} {args.split}:")
+    print(train.format_table({_label(cfg["model"], cfg["udg"]): m}))
+    return 0

@@ -1,0 +1,122 @@
+"""Inference helpers: score a list of candidate items for one user from that user's history.
+
+    >>> from udg_fast import data, serving, train
+    >>> ds = data.load("ml-100k")
+    >>> model, _ = train.load_checkpoint("runs/din/best.pt", ds.schema)
+    >>> cats = serving.item_category_table(ds)
+    >>> p = serving.score_candidates(model, user_id=42, item_ids=[1, 50, 181],
+    ...                              history=[12, 7, 300], item_cat_table=cats,
+    ...                              profile={"age": 3, "gender": 1, "occupation": 5})
+    >>> serving.recommend(model, 42, range(1, 1683), history=[12, 7, 300], item_cat_table=cats, k=10)
+
+`model.score(batch)` (no gradients, eval mode) does the work; ids a field does not know — an
+unknown user, a new item — become the padding id 0 (a zero embedding), never an index error.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from udg_fast.models.base import CTRModel, ModelError
+
+
+def item_category_table(dataset) -> torch.Tensor:
+    """`[vocab(item_id)]` int64: the category of every item id seen in any split (0 if never seen)."""
+    n = dataset.schema.vocab_size("item_id")
+    table = np.zeros(n, np.int64)
+    for split in (dataset.train, dataset.valid, dataset.test):
+        if len(split):
+            table[split["item_id"]] = split["item_cat"]
+            h, c = split["hist_item"], split["hist_cat"]
+            table[h[h > 0]] = c[h > 0]
+    return torch.from_numpy(table)
+
+
+def _ids(x, name: str) -> torch.Tensor:
+    t = torch.as_tensor(list(x) if not isinstance(x, (torch.Tensor, np.ndarray)) else x)
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ModelError(f"{name} must hold integer ids, got dtype {t.dtype}")
+    return t.to(torch.int64).reshape(-1)
+
+
+def _lookup(table: torch.Tensor | None, ids: torch.Tensor, name: str) -> torch.Tensor:
+    if table is None:
+        raise ModelError(f"give {name} or an item_cat_table (serving.item_category_table(dataset))")
+    table = torch.as_tensor(table, dtype=torch.int64)
+    ok = (ids >= 0) & (ids < len(table))
+    return torch.where(ok, table[ids.clamp(0, len(table) - 1)], torch.zeros_like(ids))
+
+
+def candidate_batch(model: CTRModel, user_id: int, item_ids, *, item_cats=None, item_features: Mapping | None = None,
+                    history: Iterable[int] = (), history_cats=None, profile: Mapping | None = None,
+                    context: Mapping | None = None, item_cat_table=None) -> dict:
+    """The batch that asks `model` about every candidate in `item_ids` for one user.
+
+    Args:
+        user_id: the user's id (unknown or out-of-range ids score as the padding user 0).
+        item_ids: candidate item ids `[n]`.
+        item_cats: their categories, or None to look them up in `item_cat_table`.
+        item_features: other item fields of the schema (e.g. Alimama's `adgroup_id`) → `[n]` ids.
+        history: the user's clicked items, oldest first (only the last `max_len` are used).
+        history_cats: their categories, or None to look them up in `item_cat_table`.
+        profile, context: field → id for the schema's profile and context fields (missing: 0).
+        item_cat_table: `[vocab(item_id)]` item → category (`item_category_table(dataset)`).
+    """
+    schema = model.schema
+    items = _ids(item_ids, "item_ids")
+    n, L = len(items), schema.max_len
+    batch: dict[str, torch.Tensor] = {"item_id": items}
+    if "item_cat" in schema:
+        batch["item_cat"] = _ids(item_cats, "item_cats") if item_cats is not None else \
+            _lookup(item_cat_table, items, "item_cats")
+        if len(batch["item_cat"]) != n:
+            raise ModelError(f"item_cats has {len(batch['item_cat'])} entries for {n} items")
+    for f in schema.item_fields:
+        if f in ("item_id", "item_cat"):
+            continue
+        if item_features is None or f not in item_features:
+            raise ModelError(f"the model needs the item field {f!r}: pass it in item_features")
+        batch[f] = _ids(item_features[f], f)
+    given = {**(profile or {}), **(context or {})}
+    known = set(schema.profile_fields) | set(schema.context_fields)
+    bad = sorted(set(given) - known)
+    if bad:
+        raise ModelError(f"unknown profile/context field(s) {bad} (the schema has: {sorted(known)})")
+    batch["user_id"] = torch.full((n,), int(user_id), dtype=torch.int64)
+    for f in sorted(known):
+        batch[f] = torch.full((n,), int(given.get(f, 0)), dtype=torch.int64)
+    hist = _ids(history, "history")[-L:]
+    hcats = (_ids(history_cats, "history_cats")[-L:] if history_cats is not None
+             else _lookup(item_cat_table, hist, "history_cats") if "hist_cat" in schema else None)
+    if hcats is not None and len(hcats) != len(hist):
+        raise ModelError(f"history_cats has {len(hcats)} entries for {len(hist)} history items")
+    for f, ids in (("hist_item", hist), ("hist_cat", hcats)):
+        if f in schema:
+            row = torch.zeros(L, dtype=torch.int64)
+            row[:len(ids)] = ids
+            batch[f] = row.expand(n, L)
+    batch["hist_len"] = torch.full((n,), len(hist), dtype=torch.int64)
+    return batch
+
+
+def score_candidates(model: CTRModel, user_id: int, item_ids, *, batch_size: int = 4096, **kw) -> torch.Tensor:
+    """Click probabilities `[n]` of the candidates `item_ids` for `user_id` (float32, CPU);
+    keyword arguments as `candidate_batch`. No gradients; the model's train/eval mode is kept."""
+    batch = candidate_batch(model, user_id, item_ids, **kw)
+    n = len(batch["item_id"])
+    out = [model.score({k: v[s:s + batch_size] for k, v in batch.items()}).cpu() for s in range(0, n, batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def recommend(model: CTRModel, user_id: int, item_ids, k: int = 10, *, exclude: Sequence[int] = (),
+              **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k item ids, their probabilities) among `item_ids`, leaving out `exclude` (e.g. the
+    user's history); keyword arguments as `candidate_batch`."""
+    items = _ids(item_ids, "item_ids")
+    if len(exclude):
+        items = items[~torch.isin(items, _ids(exclude, "exclude"))]
+    p = score_candidates(model, user_id, items, **kw)
+    top = torch.topk(p, min(k, len(p)))
+    return items[top.indices], top.values

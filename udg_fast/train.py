@@ -1,0 +1,445 @@
+"""Training, evaluation and checkpoints for the models of `udg_fast.models`.
+
+    >>> from udg_fast import data, models, train
+    >>> ds = data.load("ml-100k")
+    >>> train.set_seed(0)
+    >>> model = models.build("din", ds.schema, udg=True)
+    >>> result = train.fit(model, ds, train.TrainConfig(epochs=3), out_dir="runs/din-udg")
+    >>> result["test"]                        # {"auc", "logloss", "rmse", "rig", "gauc"}
+
+The recipe is the UDG authors': Adam, batch 256, 3 epochs, the learning rate halved after every
+epoch. After each epoch the model is evaluated on `valid`; the best epoch by valid AUC is kept
+(early stopping after `patience` epochs without improvement) and finally evaluated on `test`.
+RIG uses the training set's positive rate. With an `out_dir`, `best.pt` (the best model, for
+serving and `udg-fast evaluate`), `last.pt` (+ optimiser state, to resume) and `metrics.json` are
+written there, every file atomically (a temporary file, then `os.replace`).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from udg_fast import metrics as _metrics
+from udg_fast.data import Dataset, Schema, Split
+from udg_fast.models import build_from_config
+from udg_fast.models.base import CTRModel, ModelError
+
+CHECKPOINT_FORMAT = "udg_fast.checkpoint/1"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of `fit` (defaults: the UDG authors' recipe).
+
+    Attributes:
+        epochs: number of passes over `train` (3).
+        batch_size: training batch size (256).
+        lr: Adam's initial learning rate (1e-3).
+        lr_decay: factor applied to the learning rate after every epoch (0.5: halved).
+        weight_decay: Adam's L2 weight decay on every parameter (0).
+        patience: stop after this many epochs without a better valid AUC (0: never stop early).
+        seed: seeds the shuffling of every epoch and torch's RNG; the same seed repeats a CPU
+            run exactly (model initialisation is seeded by the caller: `set_seed` before `build`).
+        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:1", …
+        amp: bf16 autocast on CUDA (ignored on the CPU).
+        eval_batch_size: batch size of evaluation (8192).
+        progress: tqdm bars (None: only when stderr is a terminal).
+    """
+
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_decay: float = 0.5
+    weight_decay: float = 0.0
+    patience: int = 1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    eval_batch_size: int = 8192
+    progress: bool | None = None
+
+    def __post_init__(self):
+        for k in ("epochs", "batch_size", "eval_batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig: {k} must be a positive int, got {v!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"TrainConfig: patience must be an int >= 0, got {self.patience!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
+        if not (0 < self.lr_decay <= 1):
+            raise ValueError(f"TrainConfig: lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TrainConfig: seed must be an int >= 0, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+
+def set_seed(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and numpy's legacy global RNG."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    return d
+
+
+def positive_rate(split: Split) -> float:
+    """The positive rate of a split's labels (RIG's base rate is the training set's)."""
+    return float(np.asarray(split["label"], dtype=np.float64).mean())
+
+
+def _shuffle_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(amp) and device.type == "cuda")
+
+
+def _bar(total: int, desc: str, progress: bool | None):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: CTRModel, split: Split, batch_size: int = 8192, device=None, amp: bool = True,
+            progress: bool | None = False) -> torch.Tensor:
+    """Click probabilities `[N]` (float32, CPU) of every sample of `split`, in order."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = []
+    bar = _bar(split.num_batches(batch_size), f"predict {split.name}", progress)
+    try:
+        fields = [f for f in model.required_fields() if f in split]
+        for batch in split.batches(batch_size, device=device if device.type != "cpu" else None, fields=fields):
+            with _autocast(device, amp):
+                logits = model(batch)
+            out.append(torch.sigmoid(logits.float()).cpu())
+            bar.update(1)
+    finally:
+        bar.close()
+        model.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate_split(model: CTRModel, split: Split, base_rate: float | None = None, batch_size: int = 8192,
+                   device=None, amp: bool = True, progress: bool | None = False) -> dict[str, float]:
+    """AUC, Log Loss, RMSE, RIG (with `base_rate`, the *training* positive rate) and gAUC (by user)
+    of the model on `split` (`udg_fast.metrics.evaluate`)."""
+    if len(split) == 0:
+        raise ValueError(f"cannot evaluate on the empty split {split.name!r}")
+    probs = predict(model, split, batch_size, device, amp, progress)
+    return _metrics.evaluate(torch.from_numpy(np.asarray(split["label"])), probs,
+                             groups=torch.from_numpy(np.asarray(split["user_id"])), base_rate=base_rate)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path, model: CTRModel, *, epoch: int, metrics: Mapping | None = None,
+                    extra: Mapping | None = None) -> Path:
+    """Write `{"format", "config", "state_dict", "epoch", "metrics", …extra}` to `path` atomically
+    (`path.tmp`, then `os.replace`). Everything but the tensors is plain Python, so the file loads
+    with `torch.load(path, weights_only=True)`."""
+    path = Path(path)
+    obj = {"format": CHECKPOINT_FORMAT, "config": model.config, "state_dict": _cpu_state(model),
+           "epoch": int(epoch), "metrics": dict(metrics or {})}
+    obj.update(extra or {})
+    _atomic_save(obj, path)
+    return path
+
+
+def check_schema(expected: Mapping, schema: Schema, what: str = "checkpoint") -> None:
+    """Raise ModelError naming the first field in which `schema` differs from the schema dict
+    `expected` (a checkpoint's), so a model is never run on ids it was not built for."""
+    if expected.get("max_len") != schema.max_len:
+        raise ModelError(f"{what} does not fit the data: max_len is {expected.get('max_len')} in the {what} but "
+                         f"{schema.max_len} in the data")
+    for f in expected["fields"]:
+        name = f["name"]
+        if name not in schema:
+            raise ModelError(f"{what} does not fit the data: field {name!r} of the {what} is missing from the data "
+                             f"(data fields: {', '.join(schema.names)})")
+        got = schema[name].to_dict()
+        for k in ("role", "vocab_size", "shape", "key"):
+            if got.get(k) != f.get(k):
+                raise ModelError(f"{what} does not fit the data: field {name!r} has {k} {f.get(k)!r} in the {what} "
+                                 f"but {got.get(k)!r} in the data")
+    extra = [n for n in schema.names if n not in {f["name"] for f in expected["fields"]}
+             and schema[n].role in ("user", "item", "profile", "context")]
+    if extra:
+        raise ModelError(f"{what} does not fit the data: the data has input field(s) {', '.join(map(repr, extra))} "
+                         f"that the {what} does not know")
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """The checkpoint dict (`torch.load(weights_only=True)`), its format checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"no checkpoint at {str(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated file, a foreign pickle, ...
+        raise ModelError(f"{path}: not a readable udg_fast checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{path}: not a udg_fast checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def load_state(model: CTRModel, state_dict: Mapping, what: str = "checkpoint") -> None:
+    """`model.load_state_dict(state_dict)`, with a ModelError that lists the differences."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} in the {what}, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]))
+        raise ModelError(f"{what} does not fit the model {model.name}{'+udg' if model.udg else ''}: " + ", ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint(path, schema: Schema | None = None, map_location="cpu") -> tuple[CTRModel, dict]:
+    """(model, checkpoint dict) from a file written by `save_checkpoint` / `fit`.
+
+    With `schema` (the data it will run on), a mismatch raises ModelError naming the field."""
+    ckpt = read_checkpoint(path, map_location)
+    cfg = ckpt["config"]
+    if schema is not None:
+        check_schema(cfg["schema"], schema)
+    model = build_from_config(cfg)
+    load_state(model, ckpt["state_dict"])
+    return model.to(map_location) if map_location is not None else model, ckpt
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+class _Running:
+    """Running loss (exponential average) and AUC over the last `window` batches, for tqdm."""
+
+    def __init__(self, window: int = 50):
+        self.loss = None
+        self.labels = collections.deque(maxlen=window)
+        self.scores = collections.deque(maxlen=window)
+
+    def update(self, loss: float, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        self.loss = loss if self.loss is None else 0.98 * self.loss + 0.02 * loss
+        self.labels.append(labels.detach().float().cpu())
+        self.scores.append(logits.detach().float().cpu())
+
+    def auc(self) -> float:
+        try:
+            return _metrics.auc(torch.cat(list(self.labels)), torch.cat(list(self.scores)))
+        except ValueError:  # one class only so far
+            return float("nan")
+
+
+def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, out_dir=None, resume=None,
+        dataset_info: Mapping | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Train `model` on `dataset.train`, select the epoch by valid AUC, evaluate it on test.
+
+    Args:
+        model: a `udg_fast.models` model for `dataset.schema` (moved to `config.device`).
+        dataset: a `udg_fast.data.Dataset`; `valid` may be empty (then the last epoch is kept).
+        config: `TrainConfig` (default: the authors' recipe).
+        out_dir: where to write `best.pt`, `last.pt` and `metrics.json` (None: nothing written).
+        resume: a `last.pt` of an earlier run with the same model: training goes on from the epoch
+            after it, with its optimiser state, so the result equals an uninterrupted run.
+        dataset_info: stored in checkpoints and metrics.json (name, options, path) so that
+            `udg-fast evaluate` can reload the data.
+        log: called with a line per epoch (default: print to stderr).
+
+    Returns:
+        dict with `history` (per epoch: lr, train loss, seconds, valid metrics), `best_epoch`,
+        `valid` (best epoch), `test`, `seconds_per_epoch`, `parameters`, `config`.
+    """
+    cfg = config or TrainConfig()
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    check_schema(model.config["schema"], dataset.schema, what="model")
+    device = resolve_device(cfg.device)
+    model.to(device)
+    out = Path(out_dir) if out_dir is not None else None
+    info = dict(dataset_info or {"name": dataset.name, "options": dict(dataset.meta.get("options", {}))})
+    base_rate = positive_rate(dataset.train)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    history: list[dict] = []
+    best_auc, best_epoch, bad_epochs, start = -math.inf, -1, 0, 0
+    best_state = None
+    stopped = False
+    if resume is not None:
+        ck = read_checkpoint(resume, map_location="cpu")
+        if ck.get("config") != model.config:
+            raise ModelError(f"{resume}: the checkpoint is of another model or configuration than the one to "
+                             f"train ({ck.get('config', {}).get('model')!r} …); build the model from its config")
+        if "optimizer" not in ck:
+            raise ModelError(f"{resume}: has no optimiser state (resume from a last.pt, not a best.pt)")
+        load_state(model, ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        history = list(ck["history"])
+        start = ck["epoch"] + 1
+        best_auc, best_epoch, bad_epochs = ck["best_auc"], ck["best_epoch"], ck["bad_epochs"]
+        stopped = bool(ck.get("stopped"))
+        if out is not None and (out / "best.pt").is_file():
+            best_state = read_checkpoint(out / "best.pt")["state_dict"]
+        elif Path(resume).with_name("best.pt").is_file():
+            best_state = read_checkpoint(Path(resume).with_name("best.pt"))["state_dict"]
+        log(f"resumed from {resume} after epoch {ck['epoch'] + 1}")
+
+    model.train()
+    fields = [f for f in model.required_fields(training=True) if f in dataset.train]
+    has_valid = len(dataset.valid) > 0
+    for epoch in range(start, cfg.epochs if not stopped else start):
+        lr = cfg.lr * cfg.lr_decay ** epoch
+        for g in opt.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(_shuffle_seed(cfg.seed, epoch))  # for any random op inside a model
+        model.train()
+        run, total, n = _Running(), 0.0, 0
+        bar = _bar(dataset.train.num_batches(cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        t0 = time.perf_counter()
+        for step, batch in enumerate(dataset.train.batches(
+                cfg.batch_size, shuffle=True, seed=_shuffle_seed(cfg.seed, epoch),
+                device=device if device.type != "cpu" else None, fields=fields)):
+            with _autocast(device, cfg.amp):
+                loss, logits = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                bar.close()
+                raise FloatingPointError(f"training loss became {lv} at epoch {epoch + 1}, step {step} "
+                                         f"(lr {lr:g}); lower the learning rate")
+            total += lv * len(logits)
+            n += len(logits)
+            run.update(lv, batch["label"], logits)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{run.loss:.4f}", auc=f"{run.auc():.4f}")
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(n, 1), "train_seconds": round(seconds, 3)}
+        if has_valid:
+            t1 = time.perf_counter()
+            row["valid"] = evaluate_split(model, dataset.valid, base_rate, cfg.eval_batch_size, device, cfg.amp,
+                                          cfg.progress)
+            row["eval_seconds"] = round(time.perf_counter() - t1, 3)
+            auc = row["valid"]["auc"]
+            improved = auc > best_auc or best_epoch < 0
+        else:
+            auc, improved = float("nan"), True
+        history.append(row)
+        msg = f"epoch {epoch + 1}: loss {row['train_loss']:.4f}, {seconds:.1f} s"
+        if has_valid:
+            msg += f", valid AUC {auc:.4f}, gAUC {row['valid'].get('gauc', float('nan')):.4f}"
+        if improved:
+            best_auc, best_epoch, bad_epochs = (auc if has_valid else best_auc), epoch, 0
+            best_state = _cpu_state(model)
+            if out is not None:
+                save_checkpoint(out / "best.pt", model, epoch=epoch, metrics=row.get("valid"),
+                                extra={"dataset": info, "train_config": cfg.to_dict()})
+        else:
+            bad_epochs += 1
+            msg += f" (no better than epoch {best_epoch + 1})"
+        stopped = bool(cfg.patience) and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs
+        if out is not None:
+            save_checkpoint(out / "last.pt", model, epoch=epoch, metrics=row.get("valid"),
+                            extra={"dataset": info, "train_config": cfg.to_dict(), "optimizer": opt.state_dict(),
+                                   "history": history, "best_auc": best_auc, "best_epoch": best_epoch,
+                                   "bad_epochs": bad_epochs, "stopped": stopped})
+        log(msg)
+        if stopped:
+            log(f"early stop: valid AUC did not improve for {bad_epochs} epoch(s)")
+            break
+
+    if best_state is not None:
+        load_state(model, best_state)
+    model.to(device)
+    result = {
+        "model": model.name,
+        "udg": model.udg,
+        "dataset": info,
+        "hparams": dict(model.hparams),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": cfg.to_dict(),
+        "history": history,
+        "best_epoch": best_epoch + 1,
+        "valid": history[best_epoch]["valid"] if has_valid and 0 <= best_epoch < len(history) else None,
+        "seconds_per_epoch": (sum(h["train_seconds"] for h in history) / len(history)) if history else None,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if len(dataset.test):
+        result["test"] = evaluate_split(model, dataset.test, base_rate, cfg.eval_batch_size, device, cfg.amp,
+                                        cfg.progress)
+    if out is not None:
+        _atomic_write_text(json.dumps(result, indent=2, default=float) + "\n", out / "metrics.json")
+    return result
+
+
+# ---- reporting ---------------------------------------------------------------------------------
+
+METRIC_COLUMNS = (("auc", "AUC"), ("logloss", "Log Loss"), ("rmse", "RMSE"), ("rig", "RIG"), ("gauc", "gAUC"))
+
+
+def format_table(rows: Mapping[str, Mapping[str, Any]], extra: tuple[tuple[str, str, str], ...] = ()) -> str:
+    """A fixed-width table, one row per name: AUC, Log Loss, RMSE, RIG, gAUC, then `extra`
+    columns given as (key, header, format)."""
+    heads = ["model"] + [h for _, h in METRIC_COLUMNS] + [h for _, h, _ in extra]
+    body = []
+    for name, m in rows.items():
+        cells = [name] + [("-" if m.get(k) is None else f"{m[k]:.4f}") for k, _ in METRIC_COLUMNS]
+        cells += [("-" if m.get(k) is None else format(m[k], fmt)) for k, _, fmt in extra]
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [heads] + body) for i in range(len(heads))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in body])
