@@ -111,7 +111,11 @@ def _extension():
         with_cuda = True
 
     archs = os.environ.get("UDG_FAST_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
-    cxx_flags = ["-O3"]  # torch adds the -std it needs (C++20 for torch 2.14)
+    # torch adds the -std it needs (C++20 for torch 2.14). -fopenmp: at::parallel_for is a header
+    # template that runs serially unless _OPENMP is defined; at run time the libgomp.so.1 that torch
+    # already loaded serves it, so there is one thread pool.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     define = {
         "UDG_FAST_WITH_CUDA": "1" if with_cuda else "0",
         "UDG_FAST_CUDA_ARCHS": archs if with_cuda else "",
@@ -141,6 +145,7 @@ def _extension():
             "udg_fast._C",
             sources + sources_cu,
             include_dirs=include_dirs,
+            extra_link_args=link_flags,
             extra_compile_args={
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "--use_fast_math", "-lineinfo",
@@ -149,7 +154,7 @@ def _extension():
         )
     _log(f"building CPU kernels only: {why}")
     return CppExtension("udg_fast._C", sources, include_dirs=include_dirs,
-                        extra_compile_args={"cxx": cxx_flags})
+                        extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
 
 # UDG_FAST_NO_EXTENSION=1 installs the package (metadata, the `udg-fast` script) without compiling;

@@ -5,7 +5,6 @@ category and half dislike it."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from udg_fast import data, models, train
 
