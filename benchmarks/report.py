@@ -17,7 +17,7 @@ BACKENDS = ("cpu", "triton", "cuda")
 
 
 def _shape(extra: dict) -> str:
-    keys = [k for k in ("batch", "T", "H", "d_in", "d_out", "embed_dim", "model") if k in extra]
+    keys = [k for k in ("cell", "batch", "T", "H", "d_in", "d_out", "embed_dim", "model", "threads") if k in extra]
     return " ".join(f"{k}={extra[k]}" for k in keys)
 
 
@@ -41,7 +41,7 @@ def render(data: dict, title: str) -> str:
         lines.append(f"- gpu: {data['udg_fast']['gpu']}")
     lines.append(f"- python {m.get('python_version', '?')}; commit {c.get('id', '?')[:10]}"
                  f"{' (dirty)' if c.get('dirty') else ''}")
-    lines.append("- times: median wall time per call in ms (pytest-benchmark); lower is better")
+    lines.append("- times: median per call in ms (pytest-benchmark; its timer, wall or process time, as run); lower is better")
     lines.append("")
     order = [p for p in ("eager", "compile") if p in providers] + [p for p in BACKENDS if p in providers] + \
             [p for p in providers if p not in ("eager", "compile", "gemm_floor", *BACKENDS)] + \
