@@ -43,7 +43,14 @@ cat "$OUT/env.txt"
 
 # 1. Build for this card only (faster than the default sm_80 + sm_90 list).
 export UDG_FAST_CUDA_ARCHS=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")
-step build 180 $PY -m pip install --no-build-isolation --no-deps -e . || { tail -40 "$OUT/build.log"; }
+if ! step build 180 $PY -m pip install --no-build-isolation --no-deps -e .; then
+  # A session saw the editable install fail on a GPU box (cause unknown): build in place instead
+  # and put the source tree on the path (udg_fast.kernels is the top-level kernels/ folder).
+  tail -20 "$OUT/build.log"
+  step build_inplace 240 $PY setup.py build_ext --inplace
+  [ -e udg_fast/kernels ] || ln -s ../kernels udg_fast/kernels
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
 $PY -c "import udg_fast, json; print(json.dumps(udg_fast.build_info())); print(udg_fast.format_backends())" \
   >"$OUT/backends.txt" 2>&1
 cat "$OUT/backends.txt"
