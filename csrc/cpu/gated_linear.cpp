@@ -293,10 +293,11 @@ void check_common(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w)
               x.size(1), "] (K = x.size(1)), got ", w.sizes());
 }
 
-// Per-thread block buffers, kept from call to call. Allocating them per call (~0.25-1 MiB per
-// thread) costs page faults whenever glibc serves the size by mmap, which depends on the
-// process's allocation history: perf showed 20% of a backward in page-fault handling on one run
-// of the same benchmark. Buffers above kMaxCachedScratch are allocated per call instead.
+// Per-thread block buffers, kept from call to call. Allocated per call (~0.25-1 MiB per thread),
+// they page-fault afresh whenever glibc serves that size by mmap, which depends on the process's
+// allocation history (perf: up to 20% of a backward in page-fault handling, most of it for the
+// dx/dg outputs, which must be fresh anyway). Buffers above kMaxCachedScratch are allocated per
+// call instead, so that a huge K does not pin memory.
 constexpr size_t kMaxCachedScratch = size_t(16) << 20;
 
 struct ScratchBuf {
