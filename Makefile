@@ -60,7 +60,7 @@ demo: build
 
 # Benchmarks: never part of `make test` (speed is measured, not asserted).
 bench: build
-	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \
+	$(PY) -m pytest benchmarks/bench_*.py -q -p no:cacheprovider --benchmark-only \
 	  --benchmark-json=benchmarks/results/latest-cpu.json
 
 clean:

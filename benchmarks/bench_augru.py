@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import udg_fast
 from udg_fast.ops import augru
 
-from .conftest import sync
+from .conftest import fused_backends, sync
 
 BATCHES = [256, 1024, 4096]
 STEPS = [20, 50, 100]
@@ -41,17 +41,7 @@ SLOW = ("eager", "deepctr")  # fewer rounds: a Python loop over t per call
 
 
 def _providers():
-    out = ["eager", "nn.GRU", "deepctr"]
-    status = udg_fast.backends()
-    for name in ("cpu", "triton", "cuda"):
-        if not status[name]["usable"]:
-            continue
-        if name == "cpu" and DEVICE.type != "cpu":
-            continue
-        if name in ("triton", "cuda") and DEVICE.type != "cuda":
-            continue  # Triton's interpreter is for tests, not timings
-        out.append(name)
-    return out
+    return ["eager", "nn.GRU", "deepctr"] + fused_backends(DEVICE)
 
 
 def _deepctr_gru(input_size, hidden_size):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import udg_fast
 from udg_fast.ops import gated_linear, gated_linear_reference
 
-from .conftest import sync
+from .conftest import fused_backends, sync
 
 BATCHES = [256, 4096, 16384]
 DIMS = [(400, 200), (200, 80), (80, 1)]
@@ -29,17 +29,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _providers():
-    out = ["eager", "compile", "gemm_floor"]
-    status = udg_fast.backends()
-    for name in ("cpu", "triton", "cuda"):
-        if not status[name]["usable"]:
-            continue
-        if name == "cpu" and DEVICE.type != "cpu":
-            continue
-        if name in ("triton", "cuda") and DEVICE.type != "cuda":
-            continue
-        out.append(name)
-    return out
+    return ["eager", "compile", "gemm_floor"] + fused_backends(DEVICE)
 
 
 def _inputs(b, k, n, requires_grad):
