@@ -86,7 +86,7 @@ def test_matches_reference(backend, case):
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("act,bias,scale", OPTIONS)
 def test_all_options(backend, act, bias, scale):
-    _check_backend(backend, (9,), 19, 11, act, bias, scale, torch.float32, seed=hash((act, bias, scale)) % 10_000)
+    _check_backend(backend, (9,), 19, 11, act, bias, scale, torch.float32, seed=OPTIONS.index((act, bias, scale)))  # reproducible (hash() of a str is salted per process)
 
 
 @pytest.mark.parametrize("backend", backend_params())
