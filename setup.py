@@ -148,8 +148,13 @@ def _extension():
             extra_link_args=link_flags,
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "--use_fast_math", "-lineinfo",
-                         "--expt-relaxed-constexpr"],
+                # No --use_fast_math: its __expf / approximate division put the fp32 AUGRU off
+                # the reference by more than the tests' bound (2× eager's error + 1e-6) in 30 of
+                # the 36 non-empty shapes of its first GPU run (H200, 2026-11-27), while the same kernels
+                # passed every exact-match and half-precision test (the suspected cause; the
+                # run was cut before printing the errors). Sigmoid/tanh are a few instructions
+                # of a step that is bound by its dot products, so precise math costs little.
+                "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
             },
         )
     _log(f"building CPU kernels only: {why}")

@@ -93,8 +93,8 @@ struct GemmArgs {
 
 __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// With --use_fast_math, expf is the fast __expf on the device. Saturates correctly: z → −∞ gives
-// 1 / (1 + inf) = 0, z → +∞ gives 1.
+// Precise expf (the extension is built without --use_fast_math, see setup.py). Saturates
+// correctly: z → −∞ gives 1 / (1 + inf) = 0, z → +∞ gives 1.
 __host__ __device__ __forceinline__ float sigmoid_f32(float z) { return 1.f / (1.f + expf(-z)); }
 
 // ---------------------------------------------------------------------------------------------
