@@ -20,7 +20,8 @@ Backends (chosen in udg_fast/_backend.py):
 
 Backward saves the inputs and the outputs — the outputs are the h sequence (h_{t-1} =
 outputs[:, t-1] inside a row's length, h0 at t = 0) — and recomputes the gates in reverse time:
-no `[B, T, 3H]` gate storage. No double backward.
+no `[B, T, 3H]` gate storage. Double backward (create_graph=True) returns the reference's
+gradient, recomputed under autograd (naive.reference_vjp): correct, at eager speed.
 
 The cpu kernel sorts rows by length and runs blocks of rows through all their steps on one thread
 each (no per-step synchronisation), with hand-vectorised steps that keep both weight matrices in
@@ -35,7 +36,7 @@ from typing import Optional
 import torch
 
 from udg_fast import _backend
-from udg_fast.ops.naive import augru_reference
+from udg_fast.ops.naive import augru_reference, reference_vjp
 
 
 @_backend.constant_result
@@ -177,6 +178,12 @@ def _unpack(ctx):
 
 def _grads(ctx, backward_op, grad_outputs, grad_h_n):
     x, w_ih, w_hh, b_ih, b_hh, att, lengths, h0, outputs = _unpack(ctx)
+    if torch.is_grad_enabled():
+        # Only under create_graph=True (double backward): the fused backward is not
+        # differentiable, so the reference's gradient is returned instead (naive.reference_vjp).
+        g = reference_vjp(augru_reference, (x, w_ih, w_hh, b_ih, b_hh, att, lengths, h0),
+                          (grad_outputs, grad_h_n), (0, 1, 2, 3, 4, 5, 7))
+        return tuple(g)
     if grad_outputs is None:
         grad_outputs = torch.zeros_like(outputs)
     if grad_h_n is None:

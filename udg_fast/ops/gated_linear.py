@@ -10,7 +10,9 @@ Backends (chosen in udg_fast/_backend.py):
                kernels in kernels/gated_linear.py (installed as udg_fast.kernels.gated_linear)
 
 Backward saves x, gate_logits, W and the output (the ReLU mask is `out > 0`) and recomputes
-σ(g)⊙x, as Liger and Unsloth do, instead of keeping a [B, K] temporary alive.
+σ(g)⊙x, as Liger and Unsloth do, instead of keeping a [B, K] temporary alive. Double backward
+(create_graph=True: meta-gradients, gradient penalties) returns the reference's gradient,
+recomputed under autograd (naive.reference_vjp): correct, at eager speed.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Optional
 import torch
 
 from udg_fast import _backend
-from udg_fast.ops.naive import gated_linear_reference
+from udg_fast.ops.naive import gated_linear_reference, reference_vjp
 
 ACTIVATIONS = ("relu", "none")
 
@@ -122,11 +124,23 @@ def _gl_setup_context(ctx, inputs, output):
     x, g, w, b = inputs[:4]
     ctx.activation, ctx.gate_scale = inputs[4], inputs[5]
     ctx.has_bias = b is not None
-    ctx.save_for_backward(x, g, w, output)
+    # The bias is saved for double backward only (its reference recomputation needs it).
+    ctx.save_for_backward(x, g, w, output, *([b] if b is not None else []))
+
+
+def _differentiable_backward(ctx, grad_out):
+    """create_graph=True (double backward): the reference's gradient, differentiable (naive.py)."""
+    x, g, w, _, *rest = ctx.saved_tensors
+    b = rest[0] if ctx.has_bias else None
+    dx, dg, dw, db = reference_vjp(
+        gated_linear_reference, (x, g, w, b, ctx.activation, ctx.gate_scale), (grad_out,), (0, 1, 2, 3))[:4]
+    return dx, dg, dw, db
 
 
 def _gl_backward(ctx, grad_out):
-    x, g, w, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
+        return (*_differentiable_backward(ctx, grad_out), None, None)
+    x, g, w, out = ctx.saved_tensors[:4]
     dx, dg, dw, db = torch.ops.udg_fast.gated_linear_backward(
         grad_out.contiguous(), x, g, w, out, ctx.activation, ctx.gate_scale)
     return dx, dg, dw, (db if ctx.has_bias else None), None, None
@@ -186,11 +200,14 @@ def _glt_setup_context(ctx, inputs, output):
     x, g, w, b = inputs[:4]
     ctx.activation, ctx.gate_scale, ctx.precision = inputs[4], inputs[5], inputs[6]
     ctx.has_bias = b is not None
-    ctx.save_for_backward(x, g, w, output)
+    # The bias is saved for double backward only (its reference recomputation needs it).
+    ctx.save_for_backward(x, g, w, output, *([b] if b is not None else []))
 
 
 def _glt_backward(ctx, grad_out):
-    x, g, w, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
+        return (*_differentiable_backward(ctx, grad_out), None, None, None)
+    x, g, w, out = ctx.saved_tensors[:4]
     dx, dg, dw, db = torch.ops.udg_fast.gated_linear_triton_backward(
         grad_out.contiguous(), x, g, w, out, ctx.activation, ctx.gate_scale, ctx.precision)
     return dx, dg, dw, (db if ctx.has_bias else None), None, None, None

@@ -92,3 +92,39 @@ def augru_reference(
             outs.append(torch.where(m, h_new, torch.zeros_like(h_new)))
     outputs = torch.stack(outs, dim=1) if T > 0 else x.new_zeros(B, 0, H)
     return outputs.to(dtype), h.to(dtype)
+
+
+# ---- double backward ------------------------------------------------------------------------------
+
+def reference_vjp(reference, args, grad_outputs, differentiable):
+    """Gradients of `reference(*args)` against `grad_outputs`, themselves differentiable: what the
+    fast ops' backward returns when autograd asks for a graph of the gradient (create_graph=True,
+    e.g. the meta-gradient of the cold-start Algorithm 1, Eq. 10–11, or a gradient penalty).
+
+    The fused backward kernels are not differentiable; a custom op whose backward calls them would
+    give second-order terms of exactly 0 with only a warning. Instead, under create_graph the
+    forward is recomputed with the eager reference (from the saved inputs, which keep their
+    autograd history) and differentiated by autograd.
+
+    Args:
+        reference: the op's reference function.
+        args: its positional arguments (the saved inputs).
+        grad_outputs: one gradient per output (None = zeros).
+        differentiable: indices into args of the tensors that need a gradient.
+    Returns:
+        a list as long as args: the gradient of each index in `differentiable`, else None.
+    """
+    with torch.enable_grad():
+        outs = reference(*args)
+    outs = (outs,) if isinstance(outs, torch.Tensor) else tuple(outs)
+    grads_in = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad_outputs)]
+    pairs = [(o, g) for o, g in zip(outs, grads_in) if o.requires_grad]
+    result = [None] * len(args)
+    wanted = [i for i in differentiable if args[i] is not None and args[i].requires_grad]
+    if not pairs or not wanted:
+        return result
+    got = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wanted], [g for _, g in pairs],
+                              create_graph=True, allow_unused=True)
+    for i, g in zip(wanted, got):
+        result[i] = torch.zeros_like(args[i]) if g is None else g
+    return result
