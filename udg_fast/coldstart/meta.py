@@ -87,7 +87,9 @@ class MetaConfig:
 
 
 def _bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    """Mean binary cross-entropy with logits (the paper's 2-way softmax CE), in float32 or higher."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    return F.binary_cross_entropy_with_logits(z, labels.to(z.dtype))
 
 
 def meta_loss(model, generator: MetaGenerator, batch_a: dict, batch_b: dict, *, alpha: float,
@@ -114,7 +116,8 @@ def meta_loss(model, generator: MetaGenerator, batch_a: dict, batch_b: dict, *, 
     profiles = torch.stack([batch_a[f][idx] for f in generator.fields], 1)
     e_hat = generator(profiles)                                               # [U, d]
     loss_a = _bce(model(batch_a, udg_emb=e_hat[inv_a]), batch_a["label"])
-    (g,) = torch.autograd.grad(loss_a, e_hat, create_graph=not first_order)
+    # retain_graph: L_A is differentiated again as part of L_meta
+    (g,) = torch.autograd.grad(loss_a, e_hat, create_graph=not first_order, retain_graph=True)
     if first_order:
         g = g.detach()
     e = e_hat - alpha * g
