@@ -97,7 +97,7 @@ def _theta_grad(model, gen, ba, bb, first_order, gamma=0.1):
 
 def test_L_B_reaches_theta_through_e_and_first_order_differs(merged, pretrained):
     """float64, one backend for both, so the only difference is the −α (∂g/∂ê)ᵀ ∂L_B/∂e term
-    (≈ 2·10⁻³ of the gradient here: rounding is ~10⁻¹⁵)."""
+    (1.3·10⁻³ of the gradient here; rounding is ~10⁻¹⁵)."""
     model = pretrained.double().requires_grad_(False)
     torch.manual_seed(0)
     gen = MetaGenerator.for_model(model).double()
