@@ -14,7 +14,7 @@ the MLP input), `middle()`, and optionally `extra_features()` / `extra_logit()`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
@@ -364,8 +364,6 @@ class CTRModel(nn.Module):
     def _grow_user_tables(self, n_rows: int, seed: int | None = None) -> None:
         """Grow every user-id table to `n_rows` rows (new rows from the table's initialisation) and
         the schema's `user_id` vocabulary with it."""
-        import dataclasses
-
         g = torch.Generator().manual_seed(seed + 1) if seed is not None else None
 
         def grown(old: nn.Embedding, std: float) -> nn.Embedding:
@@ -381,7 +379,7 @@ class CTRModel(nn.Module):
             if isinstance(m, FieldEmbedding) and "user_id" in m.tables:
                 m.tables["user_id"] = grown(m.tables["user_id"], std)
         self.udg_embedding = grown(self.udg_embedding, self._udg_std())
-        fields = [dataclasses.replace(f, vocab_size=n_rows) if f.name == "user_id" else f for f in self.schema]
+        fields = [replace(f, vocab_size=n_rows) if f.name == "user_id" else f for f in self.schema]
         self.schema = Schema(fields, max_len=self.schema.max_len)
 
     @contextlib.contextmanager
