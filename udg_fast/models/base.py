@@ -375,9 +375,9 @@ class CTRModel(nn.Module):
             return new
 
         std = float(self.hparams["embed_init_std"])
-        for m in self.modules():
-            if isinstance(m, FieldEmbedding) and "user_id" in m.tables:
-                m.tables["user_id"] = grown(m.tables["user_id"], std)
+        owners = [m for m in self.modules() if isinstance(m, FieldEmbedding) and "user_id" in m.tables]
+        for m in owners:  # the embedding layer and DeepFM's / W&D's first-order weights
+            m.tables["user_id"] = grown(m.tables["user_id"], std)
         self.udg_embedding = grown(self.udg_embedding, self._udg_std())
         fields = [replace(f, vocab_size=n_rows) if f.name == "user_id" else f for f in self.schema]
         self.schema = Schema(fields, max_len=self.schema.max_len)
