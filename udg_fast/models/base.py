@@ -14,7 +14,7 @@ the MLP input), `middle()`, and optionally `extra_features()` / `extra_logit()`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
@@ -285,6 +285,102 @@ class CTRModel(nn.Module):
         if not self.udg or self.bypass_gates:
             return None
         return self.gates(self.gate_input(e, batch, udg_emb))
+
+    @torch.no_grad()
+    def init_new_users(self, user_ids, profiles=None, generator=None, *, trained_users=None,
+                       seed: int | None = None) -> torch.Tensor:
+        """Give users without a trained row their initial E^UDG row (the cold-start issue, Eq. 10–11).
+
+        A user unseen in training has no (trained) row in E^UDG. With a `generator` (e.g.
+        `udg_fast.coldstart.MetaGenerator`: `generator(profiles) → [n, udg_dim]`), the new users'
+        rows become its output for their profiles; without one they are drawn again from the
+        table's own initialisation N(0, std²) (`udg_init_std`, else `embed_init_std`) — what the
+        table would have given them. Ids at or above the table size grow every user-id table of the
+        model (E^UDG, the user-id embedding, the FM / wide user weights; new rows drawn from their
+        initialisation) and the schema's `user_id` vocabulary, so `score` does not map them to the
+        padding id. Only the rows of the ids written change (tested); a grown table is a new
+        `nn.Parameter`, so create optimisers after this call.
+
+        Args:
+            user_ids: `[n]` ids ≥ 1 of the new users (no duplicates).
+            profiles: `[n, F]` int ids of the users' profile fields in `schema.profile_fields`
+                order (or a dict field → `[n]`); needed with a generator, ignored without.
+            generator: a callable profiles → `[n, udg_dim]`, or None for the random initialisation.
+            trained_users: ids that do have a trained row (e.g. the training set's users): these
+                are skipped, never overwritten.
+            seed: seeds the random rows (None: torch's global RNG).
+
+        Returns:
+            the ids whose row was written (`user_ids` without the `trained_users`), int64.
+        """
+        if not self.udg:
+            raise ModelError(f"{self.name}: init_new_users needs a UDG model (build it with udg=True)")
+        ids = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1).cpu()
+        if ids.numel() and int(ids.min()) < 1:
+            raise ModelError(f"{self.name}: init_new_users: user ids must be >= 1 (0 is padding), "
+                             f"got {int(ids.min())}")
+        if ids.unique().numel() != ids.numel():
+            raise ModelError(f"{self.name}: init_new_users: user_ids has duplicates")
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        if trained_users is not None:
+            keep = ~torch.isin(ids, torch.as_tensor(trained_users, dtype=torch.long).reshape(-1).cpu())
+        if generator is not None:
+            if profiles is None:
+                raise ModelError(f"{self.name}: init_new_users: a generator needs the users' profiles")
+            if isinstance(profiles, Mapping):
+                missing = [f for f in self.schema.profile_fields if f not in profiles]
+                if missing:
+                    raise ModelError(f"{self.name}: init_new_users: profiles lack field(s) {missing}")
+                profiles = torch.stack([torch.as_tensor(profiles[f], dtype=torch.long).reshape(-1)
+                                        for f in self.schema.profile_fields], 1)
+            profiles = torch.as_tensor(profiles, dtype=torch.long)
+            if profiles.dim() != 2 or profiles.shape[0] != ids.numel():
+                raise ModelError(f"{self.name}: init_new_users: profiles must be [n, F] with n = {ids.numel()} "
+                                 f"users, got {tuple(profiles.shape)}")
+            profiles = profiles[keep]
+        ids = ids[keep]
+        if ids.numel() == 0:
+            return ids
+        need = int(ids.max()) + 1
+        if need > self.udg_embedding.num_embeddings:
+            self._grow_user_tables(need, seed)
+        table = self.udg_embedding.weight
+        if generator is not None:
+            rows = generator(profiles.to(table.device))
+            if tuple(rows.shape) != (ids.numel(), self.udg_dim):
+                raise ModelError(f"{self.name}: init_new_users: the generator returned {tuple(rows.shape)}, "
+                                 f"expected [{ids.numel()}, {self.udg_dim}]")
+        else:
+            g = torch.Generator().manual_seed(seed) if seed is not None else None
+            rows = torch.randn(ids.numel(), self.udg_dim, generator=g) * self._udg_std()
+        table[ids.to(table.device)] = rows.to(table.dtype).to(table.device)
+        return ids
+
+    def _udg_std(self) -> float:
+        hp = self.hparams
+        return float(hp["udg_init_std"] if hp["udg_init_std"] is not None else hp["embed_init_std"])
+
+    @torch.no_grad()
+    def _grow_user_tables(self, n_rows: int, seed: int | None = None) -> None:
+        """Grow every user-id table to `n_rows` rows (new rows from the table's initialisation) and
+        the schema's `user_id` vocabulary with it."""
+        g = torch.Generator().manual_seed(seed + 1) if seed is not None else None
+
+        def grown(old: nn.Embedding, std: float) -> nn.Embedding:
+            new = nn.Embedding(n_rows, old.embedding_dim, padding_idx=old.padding_idx,
+                               device=old.weight.device, dtype=old.weight.dtype)
+            extra = torch.randn(n_rows - old.num_embeddings, old.embedding_dim, generator=g) * std
+            new.weight.copy_(torch.cat([old.weight.detach().cpu(), extra.to(old.weight.dtype)]))
+            new.weight.requires_grad_(old.weight.requires_grad)
+            return new
+
+        std = float(self.hparams["embed_init_std"])
+        owners = [m for m in self.modules() if isinstance(m, FieldEmbedding) and "user_id" in m.tables]
+        for m in owners:  # the embedding layer and DeepFM's / W&D's first-order weights
+            m.tables["user_id"] = grown(m.tables["user_id"], std)
+        self.udg_embedding = grown(self.udg_embedding, self._udg_std())
+        fields = [replace(f, vocab_size=n_rows) if f.name == "user_id" else f for f in self.schema]
+        self.schema = Schema(fields, max_len=self.schema.max_len)
 
     @contextlib.contextmanager
     def gates_bypassed(self):
