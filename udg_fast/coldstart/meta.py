@@ -12,11 +12,13 @@ For every step, with the base model and the gating networks frozen (pre-trained)
 
 The generated embeddings enter through `model(batch, udg_emb=…)`; E^UDG itself is never read or
 written. The meta-gradient reaches Θ through e = ê − α g(ê) including the second-order term
-−α (∂g/∂ê)ᵀ ∂L_B/∂e: this needs the second derivative of the gated MLP, which udg_fast's C++ /
-CUDA / Triton `gated_linear` ops do not provide (their backward has no autograd: PyTorch then
-*silently* treats the inner gradient as a constant). So the meta step runs the model on the
-`reference` backend (eager PyTorch, twice differentiable); `first_order=True` drops the
-second-order term (g detached, as first-order MAML) and runs on the fast backends.
+−α (∂g/∂ê)ᵀ ∂L_B/∂e: this needs the second derivative of the gated MLP. The fused backward
+kernels are not differentiable; under create_graph the fused ops return the reference's gradient,
+recomputed under autograd (udg_fast/ops/naive.py::reference_vjp; before that fix the second-order
+term was silently 0). Since that recomputation is eager anyway, the meta step runs the model on
+the `reference` backend outright (one eager forward instead of a fused one plus an eager one);
+`first_order=True` drops the second-order term (g detached, as first-order MAML) and runs on the
+fast backends.
 
 A minibatch is `users_per_batch` users drawn without replacement (a new permutation of the
 D^A users every pass) and, for each, `samples_per_user` rows drawn uniformly from the user's D^A
