@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     from udg_fast.models.cli import add_parsers as add_model_parsers  # udg-fast train | evaluate
     add_model_parsers(sub)
+    from udg_fast.bench import add_parser as add_bench_parser; add_bench_parser(sub)  # udg-fast bench
     return parser
 
 
