@@ -7,7 +7,8 @@ Providers (`udg_fast.bench.make_case`):
     fused      udg_fast as built (fused gated_linear and AUGRU backends)
     reference  the same model with every udg_fast op forced to `reference` (eager PyTorch)
     compile    torch.compile (inductor) of the reference model; compilation is warm-up, its
-               seconds are recorded in extra_info["setup_s"]
+               seconds are recorded in extra_info["setup_s"] (DIEN on a CPU only with
+               UDG_FAST_BENCH_COMPILE_DIEN=1: its compilation took 8 minutes on the 2-core CPU)
     deepctr    DeepCTR-Torch 0.3.0's PNN, DeepFM, WDL, DIN, DIEN built with our sizes
                (`pip install -r requirements-bench.txt`); skipped, saying why, where it is not
                installed, and for the UDG variants (it has none)
@@ -24,6 +25,8 @@ timing is of no interest. Speed is recorded here, never asserted.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -34,10 +37,14 @@ BATCHES = [256, 2048] + ([8192] if DEVICE.type == "cuda" else [])
 HIST = [50]
 EMBED = [18, 64]
 SHAPES = [(b, t, d) for b in BATCHES for t in HIST for d in EMBED]
+COMPILE_DIEN = "UDG_FAST_BENCH_COMPILE_DIEN"
 SLOW_ROUNDS = 0.5  # seconds per step above which a case gets the minimum of rounds
 
 
 def _skip_reason(provider, model, udg):
+    if provider == "compile" and model == "dien" and DEVICE.type == "cpu" and not os.environ.get(COMPILE_DIEN):
+        return (f"inductor compiles the reference DIEN (its eager AUGRU loop unrolled over T, forward and "
+                f"backward) for about 8 minutes on this 2-core CPU (474 s, then 0.80 s/step, B=2048) and more under load; set {COMPILE_DIEN}=1 to include it")
     if provider == "deepctr":
         if udg:
             return "DeepCTR-Torch has no UDG variants"

@@ -258,7 +258,7 @@ def make_case(provider: str, model: str, udg: bool, batch: int = 2048, hist_len:
                 loss = F.binary_cross_entropy(pred, y, reduction="sum") + net.get_regularization_loss() + net.aux_loss
                 loss.backward()
                 opt.step()
-                return loss
+                return loss.detach()
         else:
             net.eval()
 
@@ -290,7 +290,7 @@ def make_case(provider: str, model: str, udg: bool, batch: int = 2048, hist_len:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
-            return loss
+            return loss.detach()
     else:
         def step():
             with udg_fast.use_backend(backend), torch.no_grad():
@@ -315,11 +315,37 @@ def time_case(case: Case, min_rounds: int = 3, max_rounds: int = 20, min_seconds
         dt = timer() - t
         times.append(dt)
         spent += dt
+    med = _median(times)
     times.sort()
-    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
     return {"provider": case.provider, "model": case.model, "udg": case.udg, "batch": case.batch,
             "hist_len": case.hist_len, "embed_dim": case.embed_dim, "mode": case.mode, "median_s": med,
             "min_s": times[0], "rounds": len(times), "setup_s": case.setup_seconds, "parameters": case.parameters}
+
+
+def _median(xs: Sequence[float]) -> float:
+    xs = sorted(xs)
+    k = len(xs) // 2
+    return xs[k] if len(xs) % 2 else 0.5 * (xs[k - 1] + xs[k])
+
+
+def run_interleaved(cases: Sequence[Case], rounds: int = 5,
+                    timer: Callable[[], float] = time.perf_counter) -> list[dict]:
+    """Time `cases` (the providers of one row) in interleaved rounds: round r times one step of
+    every case in turn, so a burst of load from other processes on a shared machine hits all of
+    them alike instead of whichever happened to run then. Median and min per case."""
+    for c in cases:
+        c.warmup()
+    times: list[list[float]] = [[] for _ in cases]
+    for _ in range(rounds):
+        for i, c in enumerate(cases):
+            t = timer()
+            c.step()
+            _sync(c.device)
+            times[i].append(timer() - t)
+    return [{"provider": c.provider, "model": c.model, "udg": c.udg, "batch": c.batch, "hist_len": c.hist_len,
+             "embed_dim": c.embed_dim, "mode": c.mode, "median_s": _median(ts), "min_s": min(ts),
+             "rounds": len(ts), "setup_s": c.setup_seconds, "parameters": c.parameters}
+            for c, ts in zip(cases, times)]
 
 
 # ---- peak memory -------------------------------------------------------------------------------
@@ -468,7 +494,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hist-len", type=int, default=50, help="history length T (default 50)")
     p.add_argument("--embed-dim", type=int, default=18, help="embedding size d (default 18)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--rounds", type=int, default=3, help="timed steps per case, after 2 warm-up steps (default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed steps per case, after 2 warm-up steps, interleaved over the providers (default 3)")
+    p.add_argument("--timer", choices=("wall", "process"), default="wall",
+                   help="wall clock, or this process's CPU time (steadier on a shared machine; one thread only)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one DIEN+UDG training step, fused vs reference")
@@ -520,20 +549,22 @@ def _cmd_bench(args) -> int:
             providers = [p for p in providers if p != "deepctr"]
             notes.append(f"deepctr skipped: {why}")
     results = []
+    timer = time.process_time if args.timer == "process" else time.perf_counter
     t0 = time.perf_counter()
     for mode in modes:
         for m, u in variants(models_):
-            for p in providers:
-                if p == "deepctr" and u:
-                    continue
-                case = make_case(p, m, u, args.batch, args.hist_len, args.embed_dim, mode, device=device)
-                r = time_case(case, min_rounds=args.rounds, max_rounds=args.rounds, min_seconds=0.0)
+            cases = [make_case(p, m, u, args.batch, args.hist_len, args.embed_dim, mode, device=device)
+                     for p in providers if not (p == "deepctr" and u)]
+            for r in run_interleaved(cases, args.rounds, timer):
                 results.append(r)
-                extra = f", compile {r['setup_s']:.0f} s" if p == "compile" else ""
-                print(f"  {mode:5s} {label(m, u):12s} {p:9s} {_ms(r):9.1f} ms/step{extra}", file=sys.stderr, flush=True)
+                extra = f", compile {r['setup_s']:.0f} s" if r["provider"] == "compile" else ""
+                print(f"  {mode:5s} {label(m, u):12s} {r['provider']:9s} {_ms(r):9.1f} ms/step{extra}",
+                      file=sys.stderr, flush=True)
+            del cases
     env = environment()
     print(f"udg-fast bench: B={args.batch}, T={args.hist_len}, d={args.embed_dim}, {device}, "
-          f"{torch.get_num_threads()} thread(s), median of {args.rounds} steps after 2 warm-up, wall clock; "
+          f"{torch.get_num_threads()} thread(s), median of {args.rounds} interleaved steps after 2 warm-up, "
+          f"{'wall clock' if args.timer == 'wall' else 'process time'}; "
           f"{env['cpu']}, torch {env['torch']}"
           + (f", deepctr-torch {env['deepctr_torch']}" if "deepctr_torch" in env else "")
           + (f", load average {env['loadavg'][0]:.2f}" if "loadavg" in env else ""))
