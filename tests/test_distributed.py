@@ -126,3 +126,27 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(cache, 
     for k in ("auc", "logloss", "gauc"):
         assert b["test"][k] == pytest.approx(m[k], rel=1e-6, abs=1e-7), k
     assert np.isfinite(b["test"]["auc"])
+
+
+def test_dien_trains_under_ddp_when_a_shard_has_no_auxiliary_pair(cache, tmp_path):
+    """Histories of at most one step give DIEN's auxiliary loss no (t, t+1) pair, so its auxiliary
+    network gets no gradient: DDP must be built to expect that (it raised at the second step)."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    ds = _load(cache)
+    short = ds.train.select(np.asarray(ds.train["hist_len"]) <= 1)
+    assert len(short) >= 32
+    ds = dataclasses.replace(ds, train=short)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        train.set_seed(0)
+        model = models.build("dien", ds.schema, embed_dim=4, hidden=(8, 4))
+        before = model.aux_net.fc1.weight.detach().clone()
+        r = train.fit(model, ds, train.TrainConfig(epochs=1, batch_size=16, distributed=True, device="cpu"),
+                      log=lambda s: None)
+    finally:
+        dist.destroy_process_group()
+    assert r["world_size"] == 1 and len(r["history"]) == 1
+    assert torch.equal(model.aux_net.fc1.weight, before)   # no pair, no gradient, no Adam step

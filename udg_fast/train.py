@@ -452,8 +452,11 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         from torch.nn.parallel import DistributedDataParallel
 
         # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from them.
+        # DIEN's auxiliary network gets no gradient from a shard without a (t, t+1) history pair
+        # (its loss is then 0); DDP must be told to look for such parameters every step.
         step_module = DistributedDataParallel(_LossModule(model),
-                                              device_ids=[device.index] if device.type == "cuda" else None)
+                                              device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(model, "aux_net", None) is not None)
         if world > 1 and len(dataset.train) % cfg.batch_size and len(dataset.train) % cfg.batch_size < world:
             log(f"distributed: the last {len(dataset.train) % cfg.batch_size} training rows of every epoch are "
                 f"dropped (fewer than the {world} ranks)")
