@@ -6,6 +6,7 @@ that registers a parser and sets `func` (called with the parsed args, returns an
     udg-fast backends              the backend table (udg_fast.backends())
     udg-fast data prepare|info     udg_fast/data/cli.py
     udg-fast coldstart             udg_fast/coldstart/cli.py
+    udg-fast bench                 udg_fast/bench.py
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(sub)
     from udg_fast.coldstart.cli import add_parser as add_coldstart_parser  # udg-fast coldstart
     add_coldstart_parser(sub)
+    from udg_fast.bench import add_parser as add_bench_parser  # udg-fast bench
+    add_bench_parser(sub)
     return parser
 
 

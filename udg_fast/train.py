@@ -54,6 +54,13 @@ class TrainConfig:
         amp: bf16 autocast on CUDA (ignored on the CPU).
         eval_batch_size: batch size of evaluation (8192).
         progress: tqdm bars (None: only when stderr is a terminal).
+        distributed: train with DistributedDataParallel over the initialised default process group
+            (`torch.distributed.init_process_group`, as `udg-fast train --distributed` under
+            torchrun does). `batch_size` is then the *global* batch: every global batch of the
+            single-process order is split across the ranks (rank r takes rows r, r + W, …), the
+            gradients are averaged by DDP and weighted so that a step equals the single-process
+            step on the whole global batch; valid/test predictions are gathered from all ranks and
+            the metrics computed once over the whole split; only rank 0 writes files and logs.
     """
 
     epochs: int = 3
@@ -67,6 +74,7 @@ class TrainConfig:
     amp: bool = True
     eval_batch_size: int = 8192
     progress: bool | None = None
+    distributed: bool = False
 
     def __post_init__(self):
         for k in ("epochs", "batch_size", "eval_batch_size"):
@@ -123,6 +131,84 @@ def _bar(total: int, desc: str, progress: bool | None):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
+# ---- multi-process (torchrun + DistributedDataParallel) -----------------------------------------
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _global_mean_loss(loss: torch.Tensor, n_local: int, n_global: int) -> float:
+    """The mean loss over the whole global batch (all-reduced sum of n_r · loss_r, / n): every rank
+    logs, and checks for NaN, the same number."""
+    import torch.distributed as dist
+
+    t = (loss.float() * n_local).reshape(1)
+    dist.all_reduce(t)
+    return float(t) / n_global
+
+
+class _LossModule(torch.nn.Module):
+    """`model.loss(batch)` as a module's forward, so that DistributedDataParallel wraps the call
+    that training makes (DDP's bookkeeping for the gradient all-reduce runs in its forward)."""
+
+    def __init__(self, model: CTRModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+def shard_batches(split: Split, batch_size: int, *, seed: int, rank: int, world: int, device=None,
+                  fields=None):
+    """This rank's share of each shuffled global batch: yields (local batch, global batch size).
+
+    The global batches are exactly those of `split.batches(batch_size, shuffle=True, seed=seed)`
+    (the same permutation); rank r takes rows r, r + W, r + 2W, … of each, as DistributedSampler
+    does, so the union over the ranks of step k is the single-process batch k. A last global batch
+    smaller than the world size (some rank would get no row) is dropped on every rank.
+    """
+    n = len(split)
+    cols = split.to_torch(fields=fields)
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+    for s in range(0, n, batch_size):
+        idx = perm[s:s + batch_size]
+        if len(idx) < world:
+            return
+        mine = idx[rank::world]
+        batch = {k: t.index_select(0, mine) for k, t in cols.items()}
+        if device is not None:
+            batch = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
+        yield batch, len(idx)
+
+
+def _gather_predictions(model: CTRModel, split: Split, batch_size: int, device, amp: bool, rank: int,
+                        world: int) -> torch.Tensor:
+    """Probabilities of every sample of `split`, in order: rank r predicts rows r, r + W, …, and
+    all ranks gather all shares (`all_gather_object`), so each holds the whole split's."""
+    import torch.distributed as dist
+
+    n = len(split)
+    mine = predict(model, split.select(np.arange(rank, n, world)), batch_size, device, amp).numpy()
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    out = np.empty(n, dtype=np.float32)
+    for r, p in enumerate(parts):
+        out[r::world] = p
+    return torch.from_numpy(out)
+
+
 # ---- evaluation --------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -148,12 +234,22 @@ def predict(model: CTRModel, split: Split, batch_size: int = 8192, device=None, 
 
 
 def evaluate_split(model: CTRModel, split: Split, base_rate: float | None = None, batch_size: int = 8192,
-                   device=None, amp: bool = True, progress: bool | None = False) -> dict[str, float]:
+                   device=None, amp: bool = True, progress: bool | None = False,
+                   distributed: bool = False) -> dict[str, float]:
     """AUC, Log Loss, RMSE, RIG (with `base_rate`, the *training* positive rate) and gAUC (by user)
-    of the model on `split` (`udg_fast.metrics.evaluate`)."""
+    of the model on `split` (`udg_fast.metrics.evaluate`).
+
+    distributed: every rank of the process group predicts its share and the predictions of all
+    ranks are gathered; the metrics are then computed once over the whole split (every rank gets
+    the same numbers), never averaged over ranks."""
     if len(split) == 0:
         raise ValueError(f"cannot evaluate on the empty split {split.name!r}")
-    probs = predict(model, split, batch_size, device, amp, progress)
+    rank, world = dist_info()
+    if distributed and world > 1:
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        probs = _gather_predictions(model, split, batch_size, device, amp, rank, world)
+    else:
+        probs = predict(model, split, batch_size, device, amp, progress)
     return _metrics.evaluate(torch.from_numpy(np.asarray(split["label"])), probs,
                              groups=torch.from_numpy(np.asarray(split["user_id"])), base_rate=base_rate)
 
@@ -304,7 +400,21 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
     cfg = config or TrainConfig()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     check_schema(model.config["schema"], dataset.schema, what="model")
+    rank, world = dist_info() if cfg.distributed else (0, 1)
+    if cfg.distributed:
+        if not _dist_initialized():
+            raise ValueError("TrainConfig(distributed=True) needs an initialised torch.distributed process group "
+                             "(run `udg-fast train --distributed` under torchrun, or call init_process_group)")
+        if cfg.batch_size < world:
+            raise ValueError(f"TrainConfig: batch_size is the global batch under distributed training and must be "
+                             f">= the world size {world}, got {cfg.batch_size}")
+    main = rank == 0
+    if not main:  # one voice: rank 0 logs, shows progress and writes the files
+        log = lambda s: None  # noqa: E731
+        cfg = dataclasses.replace(cfg, progress=False)
     device = resolve_device(cfg.device)
+    if cfg.distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
     info = dict(dataset_info or {"name": dataset.name, "options": dict(dataset.meta.get("options", {}))})
@@ -337,6 +447,21 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
     model.train()
     fields = [f for f in model.required_fields(training=True) if f in dataset.train]
     has_valid = len(dataset.valid) > 0
+    step_module = None
+    if cfg.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers here, so every rank starts from them.
+        # DIEN's auxiliary network gets no gradient from a shard without a (t, t+1) history pair
+        # (its loss is then 0); DDP must be told to look for such parameters every step.
+        step_module = DistributedDataParallel(_LossModule(model),
+                                              device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(model, "aux_net", None) is not None)
+        if world > 1 and len(dataset.train) % cfg.batch_size and len(dataset.train) % cfg.batch_size < world:
+            log(f"distributed: the last {len(dataset.train) % cfg.batch_size} training rows of every epoch are "
+                f"dropped (fewer than the {world} ranks)")
+        log(f"distributed: {world} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), global batch "
+            f"{cfg.batch_size}, about {cfg.batch_size // world} rows per rank")
     for epoch in range(start, cfg.epochs if not stopped else start):
         lr = cfg.lr * cfg.lr_decay ** epoch
         for g in opt.param_groups:
@@ -346,21 +471,38 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         run, total, n = _Running(), 0.0, 0
         bar = _bar(dataset.train.num_batches(cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
         t0 = time.perf_counter()
-        for step, batch in enumerate(dataset.train.batches(
+        if cfg.distributed:
+            batches = shard_batches(dataset.train, cfg.batch_size, seed=_shuffle_seed(cfg.seed, epoch), rank=rank,
+                                    world=world, device=device if device.type != "cpu" else None, fields=fields)
+        else:
+            batches = ((b, None) for b in dataset.train.batches(
                 cfg.batch_size, shuffle=True, seed=_shuffle_seed(cfg.seed, epoch),
-                device=device if device.type != "cpu" else None, fields=fields)):
-            with _autocast(device, cfg.amp):
-                loss, logits = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            lv = float(loss.detach())
+                device=device if device.type != "cpu" else None, fields=fields))
+        for step, (batch, global_n) in enumerate(batches):
+            if step_module is None:
+                with _autocast(device, cfg.amp):
+                    loss, logits = model.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+            else:
+                with _autocast(device, cfg.amp):
+                    loss, logits = step_module(batch)
+                # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of
+                # the global batch (n_r · W / n) makes that average the gradient of the global mean
+                # loss, also when the ranks' shares differ by a row.
+                opt.zero_grad(set_to_none=True)
+                (loss * (len(logits) * world / global_n)).backward()
+                opt.step()
+                lv = _global_mean_loss(loss.detach(), len(logits), global_n)
             if not math.isfinite(lv):
                 bar.close()
                 raise FloatingPointError(f"training loss became {lv} at epoch {epoch + 1}, step {step} "
                                          f"(lr {lr:g}); lower the learning rate")
-            total += lv * len(logits)
-            n += len(logits)
+            rows = len(logits) if global_n is None else global_n
+            total += lv * rows
+            n += rows
             run.update(lv, batch["label"], logits)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{run.loss:.4f}", auc=f"{run.auc():.4f}")
@@ -371,7 +513,7 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         if has_valid:
             t1 = time.perf_counter()
             row["valid"] = evaluate_split(model, dataset.valid, base_rate, cfg.eval_batch_size, device, cfg.amp,
-                                          cfg.progress)
+                                          cfg.progress, distributed=cfg.distributed)
             row["eval_seconds"] = round(time.perf_counter() - t1, 3)
             auc = row["valid"]["auc"]
             improved = auc > best_auc or best_epoch < 0
@@ -384,14 +526,14 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         if improved:
             best_auc, best_epoch, bad_epochs = (auc if has_valid else best_auc), epoch, 0
             best_state = _cpu_state(model)
-            if out is not None:
+            if out is not None and main:
                 save_checkpoint(out / "best.pt", model, epoch=epoch, metrics=row.get("valid"),
                                 extra={"dataset": info, "train_config": cfg.to_dict()})
         else:
             bad_epochs += 1
             msg += f" (no better than epoch {best_epoch + 1})"
         stopped = bool(cfg.patience) and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs
-        if out is not None:
+        if out is not None and main:
             save_checkpoint(out / "last.pt", model, epoch=epoch, metrics=row.get("valid"),
                             extra={"dataset": info, "train_config": cfg.to_dict(), "optimizer": opt.state_dict(),
                                    "history": history, "best_auc": best_auc, "best_epoch": best_epoch,
@@ -417,11 +559,12 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         "seconds_per_epoch": (sum(h["train_seconds"] for h in history) / len(history)) if history else None,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "world_size": world,
     }
     if len(dataset.test):
         result["test"] = evaluate_split(model, dataset.test, base_rate, cfg.eval_batch_size, device, cfg.amp,
-                                        cfg.progress)
-    if out is not None:
+                                        cfg.progress, distributed=cfg.distributed)
+    if out is not None and main:
         _atomic_write_text(json.dumps(result, indent=2, default=float) + "\n", out / "metrics.json")
     return result
 

@@ -4,6 +4,7 @@
                    [--embed-dim 18] [--hidden 256,128] [--gate-scale 1] [--gate-inputs paper]
                    [--hp KEY=VALUE ...] [--batch-size 256] [--lr 1e-3] [--lr-decay 0.5]
                    [--patience 1] [--device auto] [--threads N] [--resume DIR/last.pt]
+    torchrun --nproc_per_node=N -m udg_fast.cli train ... --distributed   (DDP; --batch-size is global)
     udg-fast evaluate --checkpoint DIR/best.pt [--split test]
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +76,10 @@ def add_parsers(subparsers) -> None:
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     g.add_argument("--out", default=None, help="output folder (default runs/DATASET-MODEL[-udg]-seedS)")
     g.add_argument("--resume", default=None, metavar="LAST_PT", help="continue a run from its last.pt")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-process training under torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPU): "
+                        "the data sharded by rank, --batch-size the global batch, metrics over the whole split, "
+                        "files written by rank 0 (docs/throughput.md)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--json", action="store_true", help="print metrics.json instead of the table")
     p.set_defaults(func=_cmd_train)
@@ -102,35 +108,81 @@ def _label(model: str, udg: bool) -> str:
     return f"{model}+udg" if udg else model
 
 
-def _cmd_train(args) -> int:
+def _init_distributed(args):
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, … in the
+    environment): NCCL when training on CUDA, else gloo. Returns (rank, world size)."""
     import torch
+    import torch.distributed as dist
 
-    from udg_fast import data, models, train
+    from udg_fast import train
+
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ValueError(f"--distributed: the environment lacks {', '.join(missing)}; start the command under "
+                         f"torchrun, e.g. torchrun --nproc_per_node=2 -m udg_fast.cli train ... --distributed")
+    device = train.resolve_device(args.device)
+    backend = "gloo"
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if device.index is None:
+            args.device = f"cuda:{local}"
+        torch.cuda.set_device(torch.device(args.device))
+        backend = "nccl"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _cmd_train(args) -> int:
     from udg_fast.data import DataError
     from udg_fast.models import ModelError
 
     try:
-        data_opts = _pairs(args.data_option, "data option")
-        hp = _pairs(args.hp, "hyper-parameter")
-        for k, v in (("embed_dim", args.embed_dim), ("hidden", args.hidden), ("gate_scale", args.gate_scale),
-                     ("gate_inputs", args.gate_inputs)):
-            if v is not None:
-                hp[k] = v
-        cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
-                                weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
-                                device=args.device, amp=not args.no_amp,
-                                progress=False if args.no_progress else None)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        ds = data.load(args.dataset, args.data_path, progress=False if args.no_progress else None, **data_opts)
-        train.set_seed(args.seed)
-        model = models.build(args.model, ds.schema, udg=args.udg, **hp)
-        out = Path(args.out or f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
-        info = {"name": ds.name, "path": None if args.data_path is None else str(Path(args.data_path).resolve()),
-                "options": dict(ds.meta.get("options", {}))}
-        result = train.fit(model, ds, cfg, out_dir=out, resume=args.resume, dataset_info=info)
+        return _train(args)
     except (DataError, ModelError, ValueError, FloatingPointError) as e:
         return _fail(str(e))
+    finally:
+        if args.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(args) -> int:
+    import torch
+
+    from udg_fast import data, models, train
+
+    rank = 0
+    data_opts = _pairs(args.data_option, "data option")
+    hp = _pairs(args.hp, "hyper-parameter")
+    for k, v in (("embed_dim", args.embed_dim), ("hidden", args.hidden), ("gate_scale", args.gate_scale),
+                 ("gate_inputs", args.gate_inputs)):
+        if v is not None:
+            hp[k] = v
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.distributed:
+        rank, _ = _init_distributed(args)
+    cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
+                            weight_decay=args.weight_decay, patience=args.patience, seed=args.seed,
+                            device=args.device, amp=not args.no_amp,
+                            progress=False if args.no_progress else None, distributed=args.distributed)
+    if args.distributed and rank != 0:  # rank 0 prepares (and caches) the data first, then the others read it
+        torch.distributed.barrier()
+    ds = data.load(args.dataset, args.data_path, progress=False if args.no_progress or rank else None,
+                   **data_opts)
+    if args.distributed and rank == 0:
+        torch.distributed.barrier()
+    train.set_seed(args.seed)
+    model = models.build(args.model, ds.schema, udg=args.udg, **hp)
+    out = Path(args.out or f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
+    info = {"name": ds.name, "path": None if args.data_path is None else str(Path(args.data_path).resolve()),
+            "options": dict(ds.meta.get("options", {}))}
+    result = train.fit(model, ds, cfg, out_dir=out, resume=args.resume, dataset_info=info)
+    if rank != 0:  # rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return 0
