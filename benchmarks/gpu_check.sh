@@ -88,16 +88,19 @@ step bench_gated_linear 100 $PY -m pytest benchmarks/bench_gated_linear.py "${BE
   --benchmark-json="$OUT/bench_gated_linear.json"
 step bench_augru 90 $PY -m pytest benchmarks/bench_augru.py "${BENCH_ARGS[@]}" \
   -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}" --benchmark-json="$OUT/bench_augru.json"
-if [ -f benchmarks/bench_models.py ]; then
-  step bench_models 90 $PY -m pytest benchmarks/bench_models.py "${BENCH_ARGS[@]}" \
-    ${MODELS_BENCH_FILTER:+-k "$MODELS_BENCH_FILTER"} --benchmark-json="$OUT/bench_models.json"
-fi
+# Model level (issue 8): DIN/DIEN training steps, fused vs reference vs DeepCTR-Torch (skipped
+# unless installed), at B=2048 and B=8192, plus the peak-memory case (~60–90 s, mostly Triton's
+# first compiles).
+step bench_models 120 $PY -m pytest benchmarks/bench_models.py "${BENCH_ARGS[@]}" \
+  -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (din or dien) and (fused or reference or deepctr) and (B2048-T50-d18 or B8192-T50-d18))}" \
+  --benchmark-json="$OUT/bench_models.json"
+[ -s "$OUT/bench_models.json" ] && $PY benchmarks/report_models.py "$OUT/bench_models.json" --out "$OUT/bench_models.md"
 # 5. CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 
 # 6. Summary.
 : >"$OUT/summary.md"
-for j in "$OUT"/bench_*.json; do
+for j in "$OUT"/bench_gated_linear.json "$OUT"/bench_augru.json; do
   [ -s "$j" ] && $PY benchmarks/report.py "$j" --title "$(basename "$j" .json) on $(sed -n 3p "$OUT/env.txt" | cut -d'|' -f4 | xargs)" >>"$OUT/summary.md" 2>>"$OUT/steps.txt"
 done
 { echo; echo "## Steps"; echo; sed 's/^/    /' "$OUT/steps.txt"; echo; echo "## Environment"; echo
