@@ -5,6 +5,7 @@ that registers a parser and sets `func` (called with the parsed args, returns an
 
     udg-fast backends              the backend table (udg_fast.backends())
     udg-fast data prepare|info     udg_fast/data/cli.py
+    udg-fast experiment …          udg_fast/experiments/cli.py
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     from udg_fast.models.cli import add_parsers as add_model_parsers  # udg-fast train | evaluate
     add_model_parsers(sub)
+    from udg_fast.experiments.cli import add_parser as add_experiment_parser  # udg-fast experiment
+    add_experiment_parser(sub)
     return parser
 
 
