@@ -268,3 +268,28 @@ def test_bad_input_fails_before_training(argv, message, fit_calls, capsys, tmp_p
     assert rc == 2
     assert message in capsys.readouterr().err
     assert fit_calls == []
+
+
+@pytest.mark.parametrize("as_zip", [True, False])
+def test_dataset_by_path(tmp_path, as_zip, fit_calls):
+    """`--dataset ~/ml-100k.zip`: the dataset named by the raw files' name, loaded from the path."""
+    import json
+
+    from tests.data.conftest import tiny_movielens, write_grouplens_100k
+
+    raw = write_grouplens_100k(tmp_path / "raw", tiny_movielens(n_users=40), as_zip=as_zip)
+    out = tmp_path / "res"
+    rc = cli.main(["experiment", "table2", "--dataset", str(raw), "--models", "pnn", "--runs", "1", "--out", str(out),
+                   "--hp", "embed_dim=4", "--hp", "hidden=8,4", "--epochs", "1", "--no-progress"])
+    assert rc == 0
+    assert len(pd.read_csv(out / "table2.csv")) == 2 and len(fit_calls) == 2
+    ds = json.loads((out / "experiment.json").read_text())["setup"]["dataset"]
+    assert ds["name"] == "ml-100k" and ds["path"] == str(raw.resolve())
+    assert ds["options"]["max_len"] == 50
+
+
+def test_unrecognised_path_is_a_clear_error(tmp_path, fit_calls, capsys):
+    d = tmp_path / "my-ratings"
+    d.mkdir()
+    assert cli.main(["experiment", "table2", "--dataset", str(d), "--out", str(tmp_path / "o")]) == 2
+    assert f"unknown dataset {str(d)!r}" in capsys.readouterr().err and fit_calls == []

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
                    help="table2: base vs UDG; table3: vs doubled embedding; tsne: Figure 3; table5: cold start; "
                         "all: all of them + the report; report: rebuild the report only")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="ml-100k", help="dataset name (udg-fast data list; default ml-100k)")
+    g.add_argument("--dataset", default="ml-100k", help="dataset name (udg-fast data list; default ml-100k), or the path of its raw files named like it (ml-1m.zip)")
     g.add_argument("--data-path", default=None, help="the dataset's raw files (a zip or a folder)")
     g.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option, e.g. -o max_len=100, -o n_users=2000 (synthetic)")
@@ -106,6 +106,13 @@ def _cmd_experiment(args) -> int:
             except ValueError:
                 raise ExperimentError(f"--tsne-users must be two comma-separated user ids, got {args.tsne_users!r}") \
                     from None
+        if args.experiment == "table5":
+            from udg_fast.experiments.report import coldstart_status
+
+            ok, why = coldstart_status()
+            if not ok:
+                raise ExperimentError(f"table5 is not available: {why}. It needs the cold-start module "
+                                      "(udg_fast/coldstart/, with run_table5).")
         if out.exists() and not out.is_dir():
             raise ExperimentError(f"--out {out} exists and is not a folder")
         setup = Setup(args.dataset, out, data_path=args.data_path, data_options=data_opts, hparams=hp,

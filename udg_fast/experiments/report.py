@@ -290,8 +290,9 @@ def write_report(out_dir: Path) -> Path:
             if not e:
                 continue
             ran = (f"{e.get('runs_trained', '–')} / {e.get('runs_reused', '–')}" if "runs_trained" in e else "–")
-            L.append(f"| {name} | {e.get('status', '?')} | {_fmt_seconds(e.get('wall_seconds'))} | {ran} | "
-                     f"`{e.get('command', '?')}` |")
+            cmd = e.get("command", "?")
+            shown = "(part of `all`)" if name != "all" and cmd == exps.get("all", {}).get("command") else f"`{cmd}`"
+            L.append(f"| {name} | {e.get('status', '?')} | {_fmt_seconds(e.get('wall_seconds'))} | {ran} | {shown} |")
         L.append("")
         L.append("Wall time of a later command that reused finished runs covers only what it trained itself.")
         L.append("")

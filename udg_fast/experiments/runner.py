@@ -57,7 +57,8 @@ class Setup:
     """Everything an experiment command needs besides its own options.
 
     Attributes:
-        dataset: a dataset name of `udg_fast.data.available()` (ml-100k, synthetic, …).
+        dataset: a dataset name of `udg_fast.data.available()` (ml-100k, synthetic, …), or the
+            path of its raw files when their name starts with the dataset's (ml-1m.zip).
         out_dir: where the tables, figures and the report go.
         data_path: the raw files for datasets that need them (a zip or a folder).
         data_options: dataset options (`max_len`, `n_users` for synthetic, …).
@@ -112,6 +113,22 @@ def check_seeds(runs: int) -> list[int]:
     return list(range(runs))
 
 
+def dataset_from_path(path: str) -> str | None:
+    """The dataset name of an existing file or folder of raw files, from its name (`ml-1m.zip` →
+    ml-1m, `ml-latest-small/` → ml-latest), or None."""
+    from udg_fast import data
+
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        return None
+    stem = p.name[:-4] if p.name.lower().endswith(".zip") else p.name
+    names = sorted(data.available(), key=len, reverse=True)  # ml-100k before ml-1m… prefixes
+    for n in names:
+        if stem == n or stem.startswith(n + "-") or stem.startswith(n + "_"):
+            return n
+    return None
+
+
 def _key(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -135,8 +152,14 @@ class Context:
         if setup.threads:
             torch.set_num_threads(setup.threads)
         if setup.dataset not in data.available():
-            raise ExperimentError(f"unknown dataset {setup.dataset!r} (datasets: {', '.join(data.available())}; "
-                                  f"a dataset's raw files are given with data_path / --data-path)")
+            name = dataset_from_path(setup.dataset)
+            if name is None:
+                raise ExperimentError(f"unknown dataset {setup.dataset!r} (datasets: {', '.join(data.available())}; "
+                                      "or the path of a dataset's raw files whose name starts with one of them, "
+                                      "e.g. ml-1m.zip; or give the name and data_path / --data-path)")
+            if setup.data_path is not None:
+                raise ExperimentError(f"dataset {setup.dataset!r} is a path and data_path is given too: give one")
+            setup.dataset, setup.data_path = name, str(setup.dataset)
         try:
             self.train_config = train.TrainConfig(**{"progress": setup.progress, **setup.train})
         except TypeError as e:
