@@ -293,3 +293,17 @@ def test_unrecognised_path_is_a_clear_error(tmp_path, fit_calls, capsys):
     d.mkdir()
     assert cli.main(["experiment", "table2", "--dataset", str(d), "--out", str(tmp_path / "o")]) == 2
     assert f"unknown dataset {str(d)!r}" in capsys.readouterr().err and fit_calls == []
+
+
+def test_rerun_that_reuses_everything_keeps_the_training_record(tmp_path):
+    ctx = ex.make_context(make_setup(tmp_path), ["pnn"])
+    ex.run_experiment("table2", ctx, [0], command="first")
+    ctx = ex.make_context(make_setup(tmp_path), ["pnn"])
+    ex.run_experiment("table2", ctx, [0], command="second")
+    e = report_mod.read_record(tmp_path)["experiments"]["table2"]
+    assert e["command"] == "first" and e["runs_trained"] == 2 and e["regenerated"]["command"] == "second"
+    # more seeds: a new record
+    ctx = ex.make_context(make_setup(tmp_path), ["pnn"])
+    ex.run_experiment("table2", ctx, [0, 1], command="third")
+    e = report_mod.read_record(tmp_path)["experiments"]["table2"]
+    assert e["command"] == "third" and e["runs_trained"] == 2 and e["runs_reused"] == 2 and "regenerated" not in e

@@ -121,6 +121,13 @@ def record(out_dir: Path, name: str, entry: dict, setup_doc: dict | None = None)
     from udg_fast.train import _atomic_write_text
 
     rec = read_record(out_dir)
+    prev = rec["experiments"].get(name)
+    if (prev and entry.get("runs_trained") == 0 and prev.get("runs_trained") and prev.get("status") == "done"
+            and prev.get("seeds") == entry.get("seeds")
+            and prev.get("models", entry.get("models")) == entry.get("models")):
+        # the same runs again, all reused: keep the record of the command that trained them (its
+        # wall time), and note that the files were regenerated
+        entry = {**prev, "regenerated": {k: entry.get(k) for k in ("command", "started", "wall_seconds")}}
     rec["experiments"][name] = entry
     if setup_doc is not None:
         rec["setup"] = setup_doc
@@ -133,8 +140,8 @@ def setup_doc(ctx: Context) -> dict:
     return {"dataset": ctx.dataset_info, "data_key": ctx.dataset.meta.get("key"),
             "models": list(ctx.models), "hparams": dict(s.hparams), "train": ctx.train_config.to_dict(),
             "threads": s.threads, "runs_dir": str(s.runs_dir),
-            "dataset_stats": {k: ctx.dataset.stats.get(k) for k in ("train", "valid", "test")
-                              if k in ctx.dataset.stats}}
+            "dataset_stats": {k: ctx.dataset.stats.get(k) for k in ("users", "items", "samples", "positive_rate",
+                                                                    "splits") if k in ctx.dataset.stats}}
 
 
 def run_experiment(name: str, ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -> dict:
@@ -176,6 +183,7 @@ def run_all(ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -
         ctx.log(f"==== experiment {name} ({EXPERIMENTS.index(name) + 1}/{len(EXPERIMENTS)}) ====")
         out[name] = run_experiment(name, ctx, seeds, command, tsne_users)
     record(ctx.setup.out_dir, "all", {"status": "done", "command": command, "seeds": list(seeds),
+                                      "models": list(ctx.models),
                                       "wall_seconds": round(time.perf_counter() - t0, 1),
                                       "runs_trained": ctx.trained, "runs_reused": ctx.reused,
                                       "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -294,7 +302,11 @@ def write_report(out_dir: Path) -> Path:
             shown = "(part of `all`)" if name != "all" and cmd == exps.get("all", {}).get("command") else f"`{cmd}`"
             L.append(f"| {name} | {e.get('status', '?')} | {_fmt_seconds(e.get('wall_seconds'))} | {ran} | {shown} |")
         L.append("")
-        L.append("Wall time of a later command that reused finished runs covers only what it trained itself.")
+        L.append("Wall time of a command that reused finished runs covers only what it trained itself.")
+        regen = [(n, e["regenerated"]) for n, e in exps.items() if e.get("regenerated")]
+        for n, r in regen:
+            L.append(f"{n}: files regenerated from the same (reused) runs on {r.get('started') or '?'} by "
+                     f"`{r.get('command')}` ({_fmt_seconds(r.get('wall_seconds'))}).")
         L.append("")
     if setup:
         tr = setup.get("train", {})
@@ -314,7 +326,11 @@ def write_report(out_dir: Path) -> Path:
               ""]
         st = setup.get("dataset_stats") or {}
         if st:
-            L += ["- Splits: " + "; ".join(f"{k} {json.dumps(v)}" for k, v in st.items()), ""]
+            sp = st.get("splits") or {}
+            parts = [f"{k} {v['samples']:,} samples, positive rate {v['positive_rate']:.3f}" for k, v in sp.items()
+                     if isinstance(v, dict) and "samples" in v and "positive_rate" in v]
+            L += [f"- Data: {st.get('users', '?')} users, {st.get('items', '?')} items, {st.get('samples', '?')} samples"
+                  + (f"; {'; '.join(parts)}" if parts else "") + ".", ""]
     env = next((e.get("environment") for e in (exps.get("all"), exps.get("table2")) if e and e.get("environment")),
                None)
     if env:
