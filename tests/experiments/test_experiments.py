@@ -157,7 +157,7 @@ def test_tsne_files(tmp_path):
 
     ctx = ex.make_context(make_setup(tmp_path, data_options={**DATA, "n_users": 20, "samples_per_user": 150}),
                           ["pnn"])
-    res = ex.run_experiment("tsne", ctx, [0], command="test")
+    res = ex.run_experiment("tsne", ctx, [0, 1], command="test")
     _png_ok(tmp_path / "tsne.png")
     import json
 
@@ -166,9 +166,15 @@ def test_tsne_files(tmp_path):
     test = ctx.dataset.test
     assert doc["samples"] == int(np.isin(test["user_id"], doc["users"]).sum())
     assert list(doc["models"]) == ["PNN", "PNN + UDG"]
-    for s in doc["models"].values():
-        assert s["dim"] == 4  # the last hidden width of the tiny PNN
-        assert -1 <= s["silhouette_tsne"] <= 1 and -1 <= s["silhouette_features"] <= 1
+    assert [(p["model"], p["seed"]) for p in doc["per_seed"]] == [("PNN", 0), ("PNN + UDG", 0), ("PNN", 1),
+                                                                  ("PNN + UDG", 1)]
+    for p in doc["per_seed"]:
+        assert p["dim"] == 4  # the last hidden width of the tiny PNN
+        assert -1 <= p["silhouette_tsne"] <= 1 and -1 <= p["silhouette_features"] <= 1
+    for name, s in doc["models"].items():
+        vals = [p["silhouette_features"] for p in doc["per_seed"] if p["model"] == name]
+        assert s["silhouette_features_mean"] == pytest.approx(np.mean(vals))
+        assert s["silhouette_features_std"] == pytest.approx(np.std(vals, ddof=1))
     assert len(_md_rows(res["markdown"])) == 2
 
 
@@ -307,3 +313,15 @@ def test_rerun_that_reuses_everything_keeps_the_training_record(tmp_path):
     ex.run_experiment("table2", ctx, [0, 1], command="third")
     e = report_mod.read_record(tmp_path)["experiments"]["table2"]
     assert e["command"] == "third" and e["runs_trained"] == 2 and e["runs_reused"] == 2 and "regenerated" not in e
+
+
+def test_pick_users_prefers_both_labels_well_populated():
+    from udg_fast.data import Split
+    from udg_fast.experiments.tsne import pick_users
+
+    users = [1] * 30 + [2] * 10 + [3] * 12 + [4] * 6
+    labels = [1] * 29 + [0] + [1, 0] * 5 + [1] * 6 + [0] * 6 + [1] * 6
+    split = Split("test", {"user_id": np.array(users), "label": np.array(labels)})
+    assert pick_users(split) == [3, 2]  # 6 and 5 samples of the rarer label; user 1 has 1, user 4 only one label
+    with pytest.raises(ex.ExperimentError, match="both labels"):
+        pick_users(Split("test", {"user_id": np.array([4] * 6), "label": np.array([1] * 6)}))

@@ -158,7 +158,7 @@ def run_experiment(name: str, ctx: Context, seeds: Sequence[int], command: str, 
     elif name == "table3":
         res = run_table3(ctx, seeds)
     elif name == "tsne":
-        res = run_tsne(ctx, seed=seeds[0], users=tsne_users)
+        res = run_tsne(ctx, seeds=seeds, users=tsne_users)
     else:
         res = run_table5(ctx, seeds)
     entry = {"status": "done", "command": command, "seeds": list(seeds), "models": list(ctx.models),
