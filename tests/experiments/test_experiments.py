@@ -200,6 +200,9 @@ def _fake_coldstart(monkeypatch, calls):
 
     mod.run_table5 = run_table5
     monkeypatch.setitem(sys.modules, "udg_fast.coldstart", mod)
+    import udg_fast
+
+    monkeypatch.setattr(udg_fast, "coldstart", mod, raising=False)
 
 
 def _links(md: str) -> list[str]:
@@ -325,3 +328,17 @@ def test_pick_users_prefers_both_labels_well_populated():
     assert pick_users(split) == [3, 2]  # 6 and 5 samples of the rarer label; user 1 has 1, user 4 only one label
     with pytest.raises(ex.ExperimentError, match="both labels"):
         pick_users(Split("test", {"user_id": np.array([4] * 6), "label": np.array([1] * 6)}))
+
+
+def test_coldstart_from_another_checkout_is_not_mixed_in(monkeypatch, tmp_path):
+    import udg_fast
+
+    mod = types.ModuleType("udg_fast.coldstart")
+    mod.__file__ = str(tmp_path / "other" / "udg_fast" / "coldstart" / "__init__.py")
+    mod.run_table5 = lambda **kw: pytest.fail("must not run")
+    monkeypatch.setitem(sys.modules, "udg_fast.coldstart", mod)
+    monkeypatch.setattr(udg_fast, "coldstart", mod, raising=False)
+    ok, why = ex.coldstart_status()
+    assert not ok and "another checkout" in why
+    mod.__file__ = str(Path(udg_fast.__file__).parent / "coldstart" / "__init__.py")
+    assert ex.coldstart_status() == (True, "")

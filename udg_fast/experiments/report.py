@@ -33,9 +33,19 @@ PAPER_MOVIELENS: dict[str, Any] = {}
 def coldstart_status() -> tuple[bool, str]:
     """(available, why not): whether `udg_fast.coldstart.run_table5` can be imported."""
     try:
+        import udg_fast
+        from udg_fast import coldstart
         from udg_fast.coldstart import run_table5  # noqa: F401
     except ImportError as e:
         return False, f"udg_fast.coldstart cannot be imported ({type(e).__name__}: {e})"
+    # An editable install of another checkout can serve `udg_fast.coldstart` from *its* tree next
+    # to this tree's models (seen here: main's cold-start code on a branch without init_new_users);
+    # mixing two versions of the package is not run.
+    here = Path(udg_fast.__file__).resolve().parent
+    there = getattr(coldstart, "__file__", None)
+    if there is not None and here not in Path(there).resolve().parents:
+        return False, (f"udg_fast.coldstart resolves to another checkout ({Path(there).parent}), "
+                       f"not to this udg_fast ({here})")
     return True, ""
 
 
