@@ -332,15 +332,15 @@ def write_report(out_dir: Path) -> Path:
               f"- Training (`udg_fast.train.TrainConfig`): epochs {tr.get('epochs')}, batch {tr.get('batch_size')}, "
               f"Adam lr {tr.get('lr')} × {tr.get('lr_decay')} per epoch, weight decay {tr.get('weight_decay')}, "
               f"early-stopping patience {tr.get('patience')} on valid AUC, device {tr.get('device')}; "
-              f"torch threads {setup.get('threads') or 'default'}. The best epoch by valid AUC is evaluated on test.",
-              ""]
+              f"torch threads {setup.get('threads') or 'default'}. The best epoch by valid AUC is evaluated on test."]
         st = setup.get("dataset_stats") or {}
         if st:
             sp = st.get("splits") or {}
             parts = [f"{k} {v['samples']:,} samples, positive rate {v['positive_rate']:.3f}" for k, v in sp.items()
                      if isinstance(v, dict) and "samples" in v and "positive_rate" in v]
             L += [f"- Data: {st.get('users', '?')} users, {st.get('items', '?')} items, {st.get('samples', '?')} samples"
-                  + (f"; {'; '.join(parts)}" if parts else "") + ".", ""]
+                  + (f"; {'; '.join(parts)}" if parts else "") + "."]
+        L += [""]
     env = next((e.get("environment") for e in (exps.get("all"), exps.get("table2")) if e and e.get("environment")),
                None)
     if env:
@@ -395,8 +395,9 @@ def write_report(out_dir: Path) -> Path:
         L += ([img, ""] if img else []) + [ts, ""]
         lk = _link(out_dir / "tsne.json", out_dir, "tsne.json")
         if lk:
-            L += [f"Numbers: {lk}. The penultimate output is the output layer's input (gated under UDG, Eq. 7); "
-                  "with only two users' test samples the silhouette scores are noisy and rest on one seed.", ""]
+            L += [f"Numbers: {lk}. The penultimate output is the output layer's input (gated under UDG, Eq. 7). "
+                  "Two users' test samples are few points: read the silhouette scores with their spread over "
+                  "the seeds.", ""]
     else:
         L += ["Not run (`udg-fast experiment tsne`).", ""]
 
