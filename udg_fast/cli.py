@@ -7,6 +7,7 @@ that registers a parser and sets `func` (called with the parsed args, returns an
     udg-fast data prepare|info     udg_fast/data/cli.py
     udg-fast coldstart             udg_fast/coldstart/cli.py
     udg-fast bench                 udg_fast/bench.py
+    udg-fast experiment …          udg_fast/experiments/cli.py
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_coldstart_parser(sub)
     from udg_fast.bench import add_parser as add_bench_parser  # udg-fast bench
     add_bench_parser(sub)
+    from udg_fast.experiments.cli import add_parser as add_experiment_parser  # udg-fast experiment
+    add_experiment_parser(sub)
     return parser
 
 
