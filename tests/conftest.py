@@ -21,3 +21,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# The model-layer suites train tiny models: each test gets a private data cache (no test sees
+# another's files, nor the user's ~/.cache/udg_fast) and one torch thread (reproducible, and faster
+# than two on the 2-core CI machine).
+_ISOLATED_SUITES = ("models", "coldstart", "experiments")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_and_one_thread(request, monkeypatch):
+    if request.path.parent.name not in _ISOLATED_SUITES:
+        yield
+        return
+    monkeypatch.setenv("UDG_FAST_DATA", str(request.getfixturevalue("tmp_path") / "udg_cache"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,21 +3,11 @@ thread (the development machine's 2 cores are shared)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from udg_fast import data
 from udg_fast.coldstart import merge_splits
 
 TINY_HP = {"embed_dim": 4, "hidden": (8, 4)}
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_and_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("UDG_FAST_DATA", str(tmp_path / "udg_cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

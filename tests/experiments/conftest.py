@@ -3,7 +3,6 @@ a private data cache, and a counter of training calls (`udg_fast.train.fit`)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from udg_fast import train
 from udg_fast.experiments import Setup
@@ -13,15 +12,6 @@ HP = {"embed_dim": 4, "hidden": (8, 4), "att_hidden": (8,), "aux_hidden": (8,)}
 ARGS = ["--dataset", "synthetic", *sum((["-o", f"{k}={v}"] for k, v in DATA.items()), []),
         "--hp", "embed_dim=4", "--hp", "hidden=8,4", "--hp", "att_hidden=8", "--hp", "aux_hidden=8",
         "--epochs", "1", "--batch-size", "128", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_and_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("UDG_FAST_DATA", str(tmp_path / "udg_cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ makes small ops ~20× slower), and helpers."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from udg_fast import data
 
@@ -15,15 +14,6 @@ TINY_ATT = {"din": {"att_hidden": (8,)}, "dien": {"att_hidden": (8,), "aux_hidde
 
 def tiny_hp(name: str, **kw) -> dict:
     return {**TINY, **TINY_ATT.get(name, {}), **kw}
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_and_one_thread(tmp_path, monkeypatch):
-    monkeypatch.setenv("UDG_FAST_DATA", str(tmp_path / "udg_cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
