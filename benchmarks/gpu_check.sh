@@ -20,6 +20,8 @@
 # cut-off call still brings back what was done:
 #   mkdir -p /tmp/gc; (while sleep 15; do tar czf $OUT/p.tgz -C /tmp gc && mv $OUT/p.tgz $OUT/gc.tgz; done) &
 #   bash benchmarks/gpu_check.sh /tmp/gc; tar czf $OUT/p.tgz -C /tmp gc && mv $OUT/p.tgz $OUT/gc.tgz
+# with the call's timeout_s at 590 (one call may run 600 s; a session has 900 s of device time and
+# the machine's start took ~50 s on 2026-11-27), and give the machine back right after.
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$OUT"
