@@ -17,7 +17,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import udg_fast
 from udg_fast.ops import gated_linear, gated_linear_reference

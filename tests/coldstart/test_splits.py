@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from udg_fast.coldstart import (ColdStartError, merge_splits, phase_split, resolve_thresholds, split_halves,
+from udg_fast.coldstart import (ColdStartError, phase_split, resolve_thresholds, split_halves,
                                 split_users)
 
 

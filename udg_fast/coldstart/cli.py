@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from udg_fast.data.cli import add_data_arguments
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -16,10 +18,7 @@ def add_parser(subparsers) -> None:
         description="Pre-train each model (with UDG) and the meta-embedding generator on the active users, "
                     "then test on the new users' held-out samples after random or meta initialisation and after "
                     "warm-up on batch-a, -b, -c. Writes table5.md, table5.csv, figure4.png, table5.json.")
-    p.add_argument("--dataset", default="ml-100k", help="a dataset with user-profile fields (default ml-100k)")
-    p.add_argument("--data-path", default=None, help="raw files of the dataset (a zip or a folder)")
-    p.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset option, e.g. -o max_len=50")
+    add_data_arguments(p, dataset_help="a dataset with user-profile fields (default ml-100k)")
     p.add_argument("--models", default="pnn,deepfm", help="comma-separated models (default pnn,deepfm)")
     p.add_argument("--k", type=int, default=None, help="K, samples in each of batch-a, -b, -c (default 10)")
     p.add_argument("--lower", type=int, default=None, help="new users have at least this many samples (default 4K)")
@@ -48,11 +47,11 @@ def _cmd_coldstart(args) -> int:
     from udg_fast.coldstart import ColdStartError, run_table5
     from udg_fast.data import DataError
     from udg_fast.models import ModelError
-    from udg_fast.models.cli import _pairs
+    from udg_fast.data.cli import parse_pairs
 
     try:
-        over = _pairs(args.set, "option")
-        hp = _pairs(args.hp, "hyper-parameter")
+        over = parse_pairs(args.set, "option")
+        hp = parse_pairs(args.hp, "hyper-parameter")
         if hp:
             over["hparams"] = {**over.get("hparams", {}), **hp}
         for k, v in (("pre_epochs", args.pre_epochs), ("meta_steps", args.meta_steps),
@@ -65,7 +64,7 @@ def _cmd_coldstart(args) -> int:
             torch.set_num_threads(args.threads)
         out = Path(args.out or f"runs/coldstart-{args.dataset}")
         res = run_table5(args.dataset, args.models, out, seeds=args.seeds, k=args.k, lower=args.lower,
-                         upper=args.upper, data_path=args.data_path, data_options=_pairs(args.data_option, "data option"),
+                         upper=args.upper, data_path=args.data_path, data_options=parse_pairs(args.data_option, "data option"),
                          progress=False if args.no_progress else None, **over)
     except (ColdStartError, DataError, ModelError, ValueError, FloatingPointError) as e:
         print(f"udg-fast: error: {e}", file=sys.stderr)

@@ -43,17 +43,40 @@ def _value(text: str):
         return text
 
 
+def parse_pairs(items, what: str) -> dict:
+    """["key=value", …] → {key: value}: values read as Python literals (ints, floats, tuples, …)
+    where they parse, else kept as strings; '-' in keys becomes '_'. The one KEY=VALUE parser of
+    every sub-command (-o data options, --hp hyper-parameters, …); a bad item raises ValueError
+    naming `what`."""
+    out = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ValueError(f"{what} {kv!r} is not KEY=VALUE")
+        k, v = kv.split("=", 1)
+        out[k.strip().replace("-", "_")] = _value(v.strip())
+    return out
+
+
+def add_data_arguments(parser, dataset_default: str | None = "ml-100k", dataset_help: str | None = None) -> None:
+    """--dataset, --data-path and -o/--data-option, the dataset arguments of the sub-commands that
+    train (train, evaluate, coldstart, experiment); parse the options with `parse_pairs`."""
+    parser.add_argument("--dataset", default=dataset_default,
+                        help=dataset_help or f"dataset name (udg-fast data list; default {dataset_default})")
+    parser.add_argument("--data-path", default=None, help="raw files of the dataset (a zip or a folder)")
+    parser.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dataset option, e.g. -o max_len=100 or -o n_users=2000 (synthetic)")
+
+
 def _options(args) -> dict:
     opts = {}
     if args.max_len is not None:
         opts["max_len"] = args.max_len
     if args.seed is not None:
         opts["seed"] = args.seed
-    for kv in args.option:
-        if "=" not in kv:
-            raise SystemExit(f"udg-fast data: option {kv!r} is not KEY=VALUE")
-        k, v = kv.split("=", 1)
-        opts[k.strip().replace("-", "_")] = _value(v.strip())
+    try:
+        opts.update(parse_pairs(args.option, "option"))
+    except ValueError as e:
+        raise SystemExit(f"udg-fast data: {e}") from None
     return opts
 
 

@@ -7,10 +7,11 @@
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from udg_fast.data.cli import add_data_arguments
 
 CHOICES = ("table2", "table3", "tsne", "table5", "all", "report")
 
@@ -23,11 +24,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("experiment", choices=CHOICES,
                    help="table2: base vs UDG; table3: vs doubled embedding; tsne: Figure 3; table5: cold start; "
                         "all: all of them + the report; report: rebuild the report only")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="ml-100k", help="dataset name (udg-fast data list; default ml-100k), or the path of its raw files named like it (ml-1m.zip)")
-    g.add_argument("--data-path", default=None, help="the dataset's raw files (a zip or a folder)")
-    g.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset option, e.g. -o max_len=100, -o n_users=2000 (synthetic)")
+    add_data_arguments(p.add_argument_group("data"),
+                       dataset_help="dataset name (udg-fast data list; default ml-100k), or the path of its raw "
+                                    "files named like it (ml-1m.zip)")
     g = p.add_argument_group("runs")
     g.add_argument("--models", default="all", help="comma-separated models (pnn,deepfm,wdl,din,dien) or all")
     g.add_argument("--runs", type=int, default=5, help="seeds per variant: 0 … runs−1 (default 5)")
@@ -82,7 +81,7 @@ def _cmd_experiment(args) -> int:
     from udg_fast.experiments import ExperimentError, Setup, make_context, run_all, run_experiment, write_report
     from udg_fast.experiments.runner import check_seeds
     from udg_fast.models import ModelError
-    from udg_fast.models.cli import _pairs
+    from udg_fast.data.cli import parse_pairs
 
     if args.out is None:
         args.out = f"results/{args.dataset}"
@@ -93,8 +92,8 @@ def _cmd_experiment(args) -> int:
         print(f"wrote {write_report(out)}")
         return 0
     try:
-        data_opts = _pairs(args.data_option, "data option")
-        hp = _pairs(args.hp, "hyper-parameter")
+        data_opts = parse_pairs(args.data_option, "data option")
+        hp = parse_pairs(args.hp, "hyper-parameter")
         for k in ("hidden", "att_hidden", "aux_hidden"):
             if isinstance(hp.get(k), int):
                 hp[k] = (hp[k],)

@@ -10,28 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
 from pathlib import Path
 
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _pairs(items, what: str) -> dict:
-    out = {}
-    for kv in items:
-        if "=" not in kv:
-            raise ValueError(f"{what} {kv!r} is not KEY=VALUE")
-        k, v = kv.split("=", 1)
-        out[k.strip().replace("-", "_")] = _value(v.strip())
-    return out
+from udg_fast.data.cli import add_data_arguments, parse_pairs
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -47,11 +31,7 @@ def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (optionally with UDG), evaluate it on test",
                               description="Train on the train split, keep the epoch with the best valid AUC, "
                                           "print its test metrics; write best.pt, last.pt and metrics.json to --out.")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="ml-100k", help="dataset name (udg-fast data list; default ml-100k)")
-    g.add_argument("--data-path", default=None, help="raw files of the dataset (a zip or a folder)")
-    g.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset option, e.g. -o max_len=100 or -o n_users=2000 (synthetic)")
+    add_data_arguments(p.add_argument_group("data"))
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, choices=sorted(MODELS), help="the base model")
     g.add_argument("--udg", action="store_true", help="add User-Dependent Gating")
@@ -89,9 +69,7 @@ def add_parsers(subparsers) -> None:
                                           "checkpoint, and print the metrics on --split.")
     e.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by udg-fast train")
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    e.add_argument("--dataset", default=None, help="another dataset than the checkpoint's")
-    e.add_argument("--data-path", default=None)
-    e.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE")
+    add_data_arguments(e, dataset_default=None, dataset_help="another dataset than the checkpoint's")
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=8192)
     e.add_argument("--threads", type=int, default=None)
@@ -155,8 +133,8 @@ def _train(args) -> int:
     from udg_fast import data, models, train
 
     rank = 0
-    data_opts = _pairs(args.data_option, "data option")
-    hp = _pairs(args.hp, "hyper-parameter")
+    data_opts = parse_pairs(args.data_option, "data option")
+    hp = parse_pairs(args.hp, "hyper-parameter")
     for k, v in (("embed_dim", args.embed_dim), ("hidden", args.hidden), ("gate_scale", args.gate_scale),
                  ("gate_inputs", args.gate_inputs)):
         if v is not None:
@@ -212,7 +190,7 @@ def _cmd_evaluate(args) -> int:
             info = {"name": args.dataset, "path": args.data_path, "options": {}}
         if not info.get("name"):
             raise ModelError(f"{args.checkpoint}: records no dataset; pass --dataset")
-        opts = {**info.get("options", {}), **_pairs(args.data_option, "data option")}
+        opts = {**info.get("options", {}), **parse_pairs(args.data_option, "data option")}
         ds = data.load(info["name"], args.data_path or info.get("path"), progress=False, **opts)
         device = train.resolve_device(args.device)
         model, ckpt = train.load_checkpoint(args.checkpoint, ds.schema, map_location=device)
