@@ -14,7 +14,6 @@ import torch
 
 import udg_fast
 from udg_fast.ops import augru, augru_reference, gated_linear, gated_linear_reference
-from udg_fast.ops import naive
 
 from ._utils import backend_params, device_for
 
@@ -120,4 +119,3 @@ def test_plain_backward_runs_the_fused_kernel(monkeypatch):
         out, hn = _augru_fn(augru, lengths)(*leaves)
         (out.sum() + hn.sum()).backward()
     assert x.grad is not None and leaves[0].grad is not None
-    assert naive.reference_vjp is not boom  # only the ops' references were patched

@@ -31,6 +31,7 @@ of threads. See csrc/cpu/augru.cpp.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -226,13 +227,8 @@ if _backend._C is not None:
 # so the Triton ops are registered only where Triton can run: at import when the backend is usable
 # (a CUDA GPU, or TRITON_INTERPRET=1), else on first use — as in gated_linear.py.
 
-_TRITON_REGISTERED = False
-
-
+@functools.cache  # registers once
 def _register_triton_ops() -> None:
-    global _TRITON_REGISTERED
-    if _TRITON_REGISTERED:
-        return
 
     @torch.library.triton_op("udg_fast::augru_triton", mutates_args=())
     def _augru_triton(
@@ -256,7 +252,6 @@ def _register_triton_ops() -> None:
                          outputs)
 
     torch.library.register_autograd("udg_fast::augru_triton", _triton_backward, setup_context=_setup_context)
-    _TRITON_REGISTERED = True
 
 
 def _triton_backward(ctx, grad_outputs, grad_h_n):

@@ -16,6 +16,7 @@ recomputed under autograd (naive.reference_vjp): correct, at eager speed.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -165,13 +166,8 @@ if _backend._C is not None:
 # so the Triton ops are registered only where Triton can run: at import when the backend is usable
 # (a CUDA GPU, or TRITON_INTERPRET=1), else on first use.
 
-_TRITON_REGISTERED = False
-
-
+@functools.cache  # registers once
 def _register_triton_ops() -> None:
-    global _TRITON_REGISTERED
-    if _TRITON_REGISTERED:
-        return
 
     @torch.library.triton_op("udg_fast::gated_linear_triton", mutates_args=())
     def _gated_linear_triton(
@@ -193,7 +189,6 @@ def _register_triton_ops() -> None:
 
     torch.library.register_autograd(
         "udg_fast::gated_linear_triton", _glt_backward, setup_context=_glt_setup_context)
-    _TRITON_REGISTERED = True
 
 
 def _glt_setup_context(ctx, inputs, output):
