@@ -13,7 +13,7 @@
 - table5: the cold-start study of `udg_fast.coldstart` (when that module is present);
 - all: the four + the report `README.md`. Finished runs are reused (`runner.Context`).
 """
-from udg_fast.experiments.report import (EXPERIMENTS, coldstart_status, environment, run_all, run_experiment,
+from udg_fast.experiments.report import (EXPERIMENTS, environment, run_all, run_experiment,
                                          run_table5, write_report)
 from udg_fast.experiments.runner import (VARIANTS, Context, ExperimentError, RunSpec, Setup, check_models,
                                          check_seeds)
@@ -27,5 +27,5 @@ def make_context(setup: Setup, models="all") -> Context:
 
 
 __all__ = ["EXPERIMENTS", "VARIANTS", "Context", "ExperimentError", "RunSpec", "Setup", "check_models",
-           "check_seeds", "coldstart_status", "environment", "make_context", "penultimate", "run_all",
+           "check_seeds", "environment", "make_context", "penultimate", "run_all",
            "run_experiment", "run_table2", "run_table3", "run_table5", "run_tsne", "write_report"]

@@ -105,13 +105,6 @@ def _cmd_experiment(args) -> int:
             except ValueError:
                 raise ExperimentError(f"--tsne-users must be two comma-separated user ids, got {args.tsne_users!r}") \
                     from None
-        if args.experiment == "table5":
-            from udg_fast.experiments.report import coldstart_status
-
-            ok, why = coldstart_status()
-            if not ok:
-                raise ExperimentError(f"table5 is not available: {why}. It needs the cold-start module "
-                                      "(udg_fast/coldstart/, with run_table5).")
         if out.exists() and not out.is_dir():
             raise ExperimentError(f"--out {out} exists and is not a folder")
         setup = Setup(args.dataset, out, data_path=args.data_path, data_options=data_opts, hparams=hp,

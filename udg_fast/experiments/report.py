@@ -27,34 +27,11 @@ EXPERIMENTS = ("table2", "table3", "tsne", "table5")
 PAPER_MOVIELENS: dict[str, Any] = {}
 
 
-# ---- Table 5: the cold-start helper's function, imported lazily -------------------------------
-
-def coldstart_status() -> tuple[bool, str]:
-    """(available, why not): whether `udg_fast.coldstart.run_table5` can be imported."""
-    try:
-        import udg_fast
-        from udg_fast import coldstart
-        from udg_fast.coldstart import run_table5  # noqa: F401
-    except ImportError as e:
-        return False, f"udg_fast.coldstart cannot be imported ({type(e).__name__}: {e})"
-    # An editable install of another checkout can serve `udg_fast.coldstart` from *its* tree next
-    # to this tree's models (seen here: main's cold-start code on a branch without init_new_users);
-    # mixing two versions of the package is not run.
-    here = Path(udg_fast.__file__).resolve().parent
-    there = getattr(coldstart, "__file__", None)
-    if there is not None and here not in Path(there).resolve().parents:
-        return False, (f"udg_fast.coldstart resolves to another checkout ({Path(there).parent}), "
-                       f"not to this udg_fast ({here})")
-    return True, ""
-
+# ---- Table 5: the cold-start study of udg_fast.coldstart ------------------------------------
 
 def run_table5(ctx: Context, seeds: Sequence[int]) -> dict:
     """The cold-start study (Table 5, Figure 4) of `udg_fast.coldstart`, into `out_dir/table5/`."""
-    ok, why = coldstart_status()
-    if not ok:
-        raise ExperimentError(f"table5 is not available: {why}. It needs the cold-start module "
-                              "(udg_fast/coldstart/, with run_table5).")
-    from udg_fast.coldstart import run_table5 as _run_table5
+    from udg_fast.coldstart import run_table5 as _run_table5  # at call time: tests substitute a fake
 
     s = ctx.setup
     res = _run_table5(dataset=s.dataset, models=list(ctx.models), out_dir=Path(s.out_dir) / "table5",
@@ -179,16 +156,10 @@ def run_experiment(name: str, ctx: Context, seeds: Sequence[int], command: str, 
 
 
 def run_all(ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -> dict:
-    """table2, table3, tsne and (when `udg_fast.coldstart` exists) table5, then the report."""
+    """table2, table3, tsne and table5, then the report."""
     t0 = time.perf_counter()
     out = {}
     for name in EXPERIMENTS:
-        if name == "table5":
-            ok, why = coldstart_status()
-            if not ok:
-                ctx.log(f"table5: not available ({why}); recorded as such in the report")
-                record(ctx.setup.out_dir, "table5", {"status": f"not available: {why}", "command": command})
-                continue
         ctx.log(f"==== experiment {name} ({EXPERIMENTS.index(name) + 1}/{len(EXPERIMENTS)}) ====")
         out[name] = run_experiment(name, ctx, seeds, command, tsne_users)
     record(ctx.setup.out_dir, "all", {"status": "done", "command": command, "seeds": list(seeds),
