@@ -37,6 +37,16 @@ from udg_fast.models.base import CTRModel, ModelError
 CHECKPOINT_FORMAT = "udg_fast.checkpoint/1"
 
 
+def require_positive_ints(obj, names, error=ValueError, prefix: str = "") -> None:
+    """Raise `error` naming the first attribute of `obj` in `names` that is not an int >= 1 (bools
+    and floats are refused too): the size checks of every config dataclass (TrainConfig, the
+    cold-start MetaConfig and StudyConfig)."""
+    for k in names:
+        v = getattr(obj, k)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise error(f"{prefix}{k} must be a positive int, got {v!r}")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Options of `fit` (defaults: the UDG authors' recipe).
@@ -77,10 +87,7 @@ class TrainConfig:
     distributed: bool = False
 
     def __post_init__(self):
-        for k in ("epochs", "batch_size", "eval_batch_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig: {k} must be a positive int, got {v!r}")
+        require_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"), ValueError, "TrainConfig: ")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"TrainConfig: patience must be an int >= 0, got {self.patience!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -40,6 +40,7 @@ from udg_fast import use_backend
 from udg_fast.coldstart.generator import ColdStartError, MetaGenerator
 from udg_fast.coldstart.split import split_halves
 from udg_fast.data import Split
+from udg_fast.train import require_positive_ints
 
 
 @dataclasses.dataclass
@@ -74,10 +75,7 @@ class MetaConfig:
     progress: bool | None = None
 
     def __post_init__(self):
-        for k in ("users_per_batch", "samples_per_user", "steps"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ColdStartError(f"MetaConfig: {k} must be a positive int, got {v!r}")
+        require_positive_ints(self, ("users_per_batch", "samples_per_user", "steps"), ColdStartError, "MetaConfig: ")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ColdStartError(f"MetaConfig: alpha must be a number >= 0, got {self.alpha!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -40,6 +40,7 @@ from udg_fast import metrics as _metrics
 from udg_fast.coldstart.generator import ColdStartError, MetaGenerator, require_profiles, user_profiles
 from udg_fast.coldstart.meta import MetaConfig, train_generator
 from udg_fast.coldstart.split import merge_splits, phase_split, resolve_thresholds, split_halves, split_users
+from udg_fast.train import require_positive_ints
 
 PHASES = ("cold", "a", "b", "c")
 PHASE_NAMES = {"cold": "cold-start", "a": "warm-up a", "b": "warm-up b", "c": "warm-up c"}
@@ -84,10 +85,8 @@ class StudyConfig:
     profile_in_model: bool = True
 
     def __post_init__(self):
-        for k in ("pre_epochs", "batch_size", "warm_batch_size", "warm_epochs", "eval_batch_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ColdStartError(f"{k} must be a positive int, got {v!r}")
+        require_positive_ints(self, ("pre_epochs", "batch_size", "warm_batch_size", "warm_epochs", "eval_batch_size"),
+                              ColdStartError)
         for k in ("lr", "warm_lr"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
