@@ -57,6 +57,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/dispatch.cuh"
+
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -648,23 +650,6 @@ __global__ void __launch_bounds__(kMaxThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side
 
-template <typename F>
-void dispatch_dtype(at::ScalarType t, const char* op, F&& f) {
-  switch (t) {
-    case at::ScalarType::Float:
-      f(float{});
-      return;
-    case at::ScalarType::Half:
-      f(at::Half{});
-      return;
-    case at::ScalarType::BFloat16:
-      f(at::BFloat16{});
-      return;
-    default:
-      TORCH_CHECK(false, op, ": unsupported dtype ", t, "; expected float32, bfloat16 or float16");
-  }
-}
-
 bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 void check_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
@@ -806,7 +791,7 @@ std::tuple<at::Tensor, at::Tensor> augru_forward(
   const int64_t blocks = (d.B + kRows - 1) / kRows;
   const int threads = threads_for(d.I, d.H);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_dtype(x.scalar_type(), op, [&](auto tag) {
+  dispatch_float_types(x.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     FwdArgs<scalar_t> a;
     a.x = x.const_data_ptr<scalar_t>();
@@ -884,7 +869,7 @@ augru_backward(const at::Tensor& grad_outputs, const at::Tensor& grad_h_n, const
               " bytes of shared memory per block, the device allows ", limit);
   const int threads = threads_for(d.I, d.H);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_dtype(x.scalar_type(), op, [&](auto tag) {
+  dispatch_float_types(x.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     BwdArgs<scalar_t> a;
     a.gout = gout.const_data_ptr<scalar_t>();

@@ -39,6 +39,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "cuda/dispatch.cuh"
+
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -378,24 +380,6 @@ WgradSplit wgrad_split(int64_t B, int64_t N, int64_t K) {
 }
 
 template <typename F>
-void dispatch_dtype(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::ScalarType::Float:
-      f(float{});
-      return;
-    case at::ScalarType::Half:
-      f(at::Half{});
-      return;
-    case at::ScalarType::BFloat16:
-      f(at::BFloat16{});
-      return;
-    default:
-      TORCH_CHECK(false, "udg_fast::gated_linear (CUDA): unsupported dtype ", t,
-                  "; expected float32, bfloat16 or float16");
-  }
-}
-
-template <typename F>
 void dispatch_bool(bool b, F&& f) {
   if (b) {
     f(std::true_type{});
@@ -469,7 +453,7 @@ at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_logi
   // C[B, N] = xs[B, K] · W[N, K]ᵀ: both operands have the reduction dim K contiguous.
   const GemmArgs args{/*rows=*/B, /*cols=*/N, /*depth=*/K, /*depth_chunk=*/K, /*lda=*/K,
                       /*ldb=*/K};
-  dispatch_dtype(xc.scalar_type(), [&](auto tag) {
+  dispatch_float_types(xc.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_bool(relu, [&](auto relu_c) {
       dispatch_bool(has_bias, [&](auto bias_c) {
@@ -518,7 +502,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_linear_backward
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const float gamma = static_cast<float>(gate_scale);
-  dispatch_dtype(xc.scalar_type(), [&](auto tag) {
+  dispatch_float_types(xc.scalar_type(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     dispatch_bool(relu, [&](auto relu_c) {
       constexpr bool kRelu = decltype(relu_c)::value;
