@@ -47,3 +47,28 @@ def assert_close_to_reference(name, fast, ref64, ref_same_precision, *, floor):
     assert err <= bound, (
         f"{name}: max abs error {err:.3e} against the float64 reference exceeds {bound:.3e} "
         f"(2 × eager same-precision error {err_same:.3e} + {floor:g} × {scale:.3g})")
+
+
+def assert_compile_matches_eager(backend, fn, module, *inputs):
+    """torch.compile(fullgraph=True) of `fn(module, *inputs)` on `backend`: no graph break, and the
+    compiled output and the gradients of every parameter of `module` and of every floating input
+    equal the eager run's (the same kernels run in both, so tolerances are float32 rounding)."""
+    import udg_fast
+
+    def run(f):
+        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        module.zero_grad(set_to_none=True)
+        with udg_fast.use_backend(backend):
+            y = f(module, *leaves)
+            y.backward(torch.ones_like(y) + torch.arange(y.numel(), device=y.device).view_as(y) / y.numel())
+        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters()}
+        grads.update({f"input {i}": t.grad for i, t in enumerate(leaves) if t.is_floating_point()})
+        return y.detach(), grads
+
+    y_eager, g_eager = run(fn)
+    torch._dynamo.reset()
+    y, g = run(torch.compile(fn, fullgraph=True))
+    torch.testing.assert_close(y, y_eager, msg=lambda m: f"[{backend}] compiled output: {m}")
+    assert g.keys() == g_eager.keys()
+    for name in g_eager:
+        torch.testing.assert_close(g[name], g_eager[name], msg=lambda m, name=name: f"[{backend}] compiled grad of {name}: {m}")

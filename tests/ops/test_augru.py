@@ -15,7 +15,7 @@ import udg_fast
 from udg_fast import _backend
 from udg_fast.ops import augru, augru_reference
 
-from ._utils import assert_close_to_reference, backend_params, device_for
+from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
 
 # Absolute error floor (× max |reference|) per dtype, added to flash-attention's 2× rule.
 FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 1e-3}
@@ -351,14 +351,7 @@ def test_torch_compile_fullgraph(backend):
     rnn = udg_fast.AUGRU(5, 6).to(device)
     x, att = torch.randn(4, 7, 5, device=device), torch.rand(4, 7, device=device)
     lengths = torch.tensor([7, 0, 3, 5], device=device)
-    with udg_fast.use_backend(backend):
-        y_eager = _dien_like(rnn, x, att, lengths)
-        torch._dynamo.reset()
-        compiled = torch.compile(_dien_like, fullgraph=True)
-        y = compiled(rnn, x, att, lengths)
-        y.sum().backward()
-    torch.testing.assert_close(y, y_eager, msg=lambda m: f"compiled output: {m}")
-    assert rnn.weight_hh_l0.grad is not None and torch.isfinite(rnn.weight_hh_l0.grad).all()
+    assert_compile_matches_eager(backend, _dien_like, rnn, x, att, lengths)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import udg_fast
 from udg_fast.ops import gated_linear, gated_linear_reference
 
-from ._utils import assert_close_to_reference, backend_params, device_for
+from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
 
 # (leading dims, K = in_features, N = out_features): 1, odd and prime sizes, B = 0, leading dims.
 SHAPES = [
@@ -192,14 +192,7 @@ def test_torch_compile_fullgraph(backend):
     device = device_for(backend)
     layers = _mlp().to(device)
     x, g1, g2 = (torch.randn(10, 13, device=device), torch.randn(10, 13, device=device), torch.randn(10, 8, device=device))
-    with udg_fast.use_backend(backend):
-        y_eager = _mlp_forward(layers, x, g1, g2)
-        torch._dynamo.reset()
-        compiled = torch.compile(_mlp_forward, fullgraph=True)
-        y = compiled(layers, x, g1, g2)
-        y.sum().backward()
-    torch.testing.assert_close(y, y_eager, msg=lambda m: f"compiled out: {m}")
-    assert layers[0].weight.grad is not None and torch.isfinite(layers[0].weight.grad).all()
+    assert_compile_matches_eager(backend, _mlp_forward, layers, x, g1, g2)
 
 
 # ---- NaN / Inf -------------------------------------------------------------------------------
