@@ -115,6 +115,77 @@ def _load_lengths(len_ptr, offs_b, mask_b, T, HAS_LENGTHS: tl.constexpr):
     return L
 
 
+# Pieces every kernel shares (jit functions are inlined: no call overhead).
+
+@triton.jit
+def _load_biases(bih_ptr, bhh_ptr, offs_h, mask_h, H, HAS_BIAS_IH: tl.constexpr, HAS_BIAS_HH: tl.constexpr):
+    """(b_ir + b_hr, b_iz + b_hz, b_in, b_hn), fp32 `[BLOCK_H]` each: the r and z biases enter
+    the same sums; b_hn stays apart, inside r ⊙ (·)."""
+    b_r = (_load_gate_b(bih_ptr, 0, offs_h, mask_h, H, HAS_BIAS_IH)
+           + _load_gate_b(bhh_ptr, 0, offs_h, mask_h, H, HAS_BIAS_HH))
+    b_z = (_load_gate_b(bih_ptr, 1, offs_h, mask_h, H, HAS_BIAS_IH)
+           + _load_gate_b(bhh_ptr, 1, offs_h, mask_h, H, HAS_BIAS_HH))
+    b_in = _load_gate_b(bih_ptr, 2, offs_h, mask_h, H, HAS_BIAS_IH)
+    b_hn = _load_gate_b(bhh_ptr, 2, offs_h, mask_h, H, HAS_BIAS_HH)
+    return b_r, b_z, b_in, b_hn
+
+
+@triton.jit
+def _load_weights(wih_ptr, whh_ptr, offs_h, offs_i, mask_h, mask_i, H, I):
+    """The six gate weights of the on-chip kernels, fp32 `[BLOCK_H, BLOCK_I]` (W_i*) and
+    `[BLOCK_H, BLOCK_H]` (W_h*), held for the whole sequence."""
+    w_ir = _load_gate_w(wih_ptr, 0, offs_h, offs_i, mask_h, mask_i, H, I)
+    w_iz = _load_gate_w(wih_ptr, 1, offs_h, offs_i, mask_h, mask_i, H, I)
+    w_in = _load_gate_w(wih_ptr, 2, offs_h, offs_i, mask_h, mask_i, H, I)
+    w_hr = _load_gate_w(whh_ptr, 0, offs_h, offs_h, mask_h, mask_h, H, H)
+    w_hz = _load_gate_w(whh_ptr, 1, offs_h, offs_h, mask_h, mask_h, H, H)
+    w_hn = _load_gate_w(whh_ptr, 2, offs_h, offs_h, mask_h, mask_h, H, H)
+    return w_ir, w_iz, w_in, w_hr, w_hz, w_hn
+
+
+@triton.jit
+def _activate(g_r, g_z, gi_n, gh_n):
+    """(r, z, n) from the gate pre-activations (gh_n = W_hn h + b_hn, inside r ⊙ (·))."""
+    r = tl.sigmoid(g_r)
+    z = tl.sigmoid(g_z)
+    n = _tanh(gi_n + r * gh_n)
+    return r, z, n
+
+
+@triton.jit
+def _gates(x_t, h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_r, b_z, b_in, b_hn,
+           INPUT_PRECISION: tl.constexpr):
+    """(r, z, n, gh_n) of one step from x_t `[BLOCK_B, BLOCK_I]` and h_{t-1} `[BLOCK_B, BLOCK_H]`,
+    with the weights held on chip (`[H, K]`, used as `[K, H]` via trans)."""
+    g_r = (tl.dot(x_t, tl.trans(w_ir), input_precision=INPUT_PRECISION)
+           + tl.dot(h, tl.trans(w_hr), input_precision=INPUT_PRECISION) + b_r[None, :])
+    g_z = (tl.dot(x_t, tl.trans(w_iz), input_precision=INPUT_PRECISION)
+           + tl.dot(h, tl.trans(w_hz), input_precision=INPUT_PRECISION) + b_z[None, :])
+    gi_n = tl.dot(x_t, tl.trans(w_in), input_precision=INPUT_PRECISION) + b_in[None, :]
+    gh_n = tl.dot(h, tl.trans(w_hn), input_precision=INPUT_PRECISION) + b_hn[None, :]
+    r, z, n = _activate(g_r, g_z, gi_n, gh_n)
+    return r, z, n, gh_n
+
+
+@triton.jit
+def _gate_grads(dh_t, h_prev, r, z, n, gh_n, a, HAS_ATT: tl.constexpr):
+    """Gradients of one step's gate pre-activations from dh_t, the gradient reaching h_t:
+    (dp_r, dp_z, dp_n, dp_n ⊙ r, z' = a·z, da = Σ_j dz' ⊙ z); `a` `[BLOCK_B]` is read only when
+    HAS_ATT. Rows past their length have dh_t = 0, so all of these are exact zeros there."""
+    d_zz = dh_t * (n - h_prev)
+    if HAS_ATT:
+        zz = a[:, None] * z
+        d_z = a[:, None] * d_zz
+    else:
+        zz = z
+        d_z = d_zz
+    da = tl.sum(d_zz * z, axis=1)
+    dp_z = d_z * z * (1.0 - z)
+    dp_n = dh_t * zz * (1.0 - n * n)
+    dp_r = dp_n * gh_n * r * (1.0 - r)
+    return dp_r, dp_z, dp_n, dp_n * r, zz, da
+
+
 @triton.jit(do_not_specialize=["T"])
 def _augru_fwd_kernel(
     x_ptr, wih_ptr, whh_ptr, bih_ptr, bhh_ptr, att_ptr, len_ptr, h0_ptr,
@@ -144,19 +215,8 @@ def _augru_fwd_kernel(
     mask_bh = mask_b[:, None] & mask_h[None, :]
 
     # Held on chip for the whole sequence. Stored `[H, K]`; used as `[K, H]` via trans.
-    w_ir = _load_gate_w(wih_ptr, 0, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_iz = _load_gate_w(wih_ptr, 1, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_in = _load_gate_w(wih_ptr, 2, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_hr = _load_gate_w(whh_ptr, 0, offs_h, offs_h, mask_h, mask_h, H, H)
-    w_hz = _load_gate_w(whh_ptr, 1, offs_h, offs_h, mask_h, mask_h, H, H)
-    w_hn = _load_gate_w(whh_ptr, 2, offs_h, offs_h, mask_h, mask_h, H, H)
-    # b_ir + b_hr and b_iz + b_hz enter the same sums; b_hn is inside r ⊙ (·).
-    b_r = (_load_gate_b(bih_ptr, 0, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 0, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_z = (_load_gate_b(bih_ptr, 1, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 1, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_in = _load_gate_b(bih_ptr, 2, offs_h, mask_h, H, HAS_BIAS_IH)
-    b_hn = _load_gate_b(bhh_ptr, 2, offs_h, mask_h, H, HAS_BIAS_HH)
+    w_ir, w_iz, w_in, w_hr, w_hz, w_hn = _load_weights(wih_ptr, whh_ptr, offs_h, offs_i, mask_h, mask_i, H, I)
+    b_r, b_z, b_in, b_hn = _load_biases(bih_ptr, bhh_ptr, offs_h, mask_h, H, HAS_BIAS_IH, HAS_BIAS_HH)
 
     L = _load_lengths(len_ptr, offs_b, mask_b, T, HAS_LENGTHS)
     L_max = tl.max(L, axis=0)
@@ -172,15 +232,8 @@ def _augru_fwd_kernel(
         t64 = tl.cast(t, tl.int64)
         # Padded steps are never read (their x may hold anything, even NaN).
         x_t = tl.load(x_rows + t64 * I, mask=vmask & mask_i[None, :], other=0.0).to(tl.float32)
-        g_r = (tl.dot(x_t, tl.trans(w_ir), input_precision=INPUT_PRECISION)
-               + tl.dot(h, tl.trans(w_hr), input_precision=INPUT_PRECISION) + b_r[None, :])
-        g_z = (tl.dot(x_t, tl.trans(w_iz), input_precision=INPUT_PRECISION)
-               + tl.dot(h, tl.trans(w_hz), input_precision=INPUT_PRECISION) + b_z[None, :])
-        gi_n = tl.dot(x_t, tl.trans(w_in), input_precision=INPUT_PRECISION) + b_in[None, :]
-        gh_n = tl.dot(h, tl.trans(w_hn), input_precision=INPUT_PRECISION) + b_hn[None, :]
-        r = tl.sigmoid(g_r)
-        z = tl.sigmoid(g_z)
-        n = _tanh(gi_n + r * gh_n)
+        r, z, n, gh_n = _gates(x_t, h, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_r, b_z, b_in, b_hn,
+                               INPUT_PRECISION)
         if HAS_ATT:
             a = tl.load(att_ptr + offs_b * T + t64, mask=valid, other=0.0).to(tl.float32)
             z = a[:, None] * z
@@ -234,18 +287,8 @@ def _augru_bwd_kernel(
     mask_bi = mask_b[:, None] & mask_i[None, :]
 
     # Held on chip for the whole sequence: trans(W) recomputes the gates, W forms dx and dh.
-    w_ir = _load_gate_w(wih_ptr, 0, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_iz = _load_gate_w(wih_ptr, 1, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_in = _load_gate_w(wih_ptr, 2, offs_h, offs_i, mask_h, mask_i, H, I)
-    w_hr = _load_gate_w(whh_ptr, 0, offs_h, offs_h, mask_h, mask_h, H, H)
-    w_hz = _load_gate_w(whh_ptr, 1, offs_h, offs_h, mask_h, mask_h, H, H)
-    w_hn = _load_gate_w(whh_ptr, 2, offs_h, offs_h, mask_h, mask_h, H, H)
-    b_r = (_load_gate_b(bih_ptr, 0, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 0, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_z = (_load_gate_b(bih_ptr, 1, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 1, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_in = _load_gate_b(bih_ptr, 2, offs_h, mask_h, H, HAS_BIAS_IH)
-    b_hn = _load_gate_b(bhh_ptr, 2, offs_h, mask_h, H, HAS_BIAS_HH)
+    w_ir, w_iz, w_in, w_hr, w_hz, w_hn = _load_weights(wih_ptr, whh_ptr, offs_h, offs_i, mask_h, mask_i, H, I)
+    b_r, b_z, b_in, b_hn = _load_biases(bih_ptr, bhh_ptr, offs_h, mask_h, H, HAS_BIAS_IH, HAS_BIAS_HH)
 
     L = _load_lengths(len_ptr, offs_b, mask_b, T, HAS_LENGTHS)
     L_max = tl.max(L, axis=0)
@@ -296,30 +339,16 @@ def _augru_bwd_kernel(
         dh_t = tl.where(vmask, dh + g, 0.0)
 
         # Recompute the gates of step t.
-        r = tl.sigmoid(tl.dot(x_t, tl.trans(w_ir), input_precision=INPUT_PRECISION)
-                       + tl.dot(h_prev, tl.trans(w_hr), input_precision=INPUT_PRECISION)
-                       + b_r[None, :])
-        z = tl.sigmoid(tl.dot(x_t, tl.trans(w_iz), input_precision=INPUT_PRECISION)
-                       + tl.dot(h_prev, tl.trans(w_hz), input_precision=INPUT_PRECISION)
-                       + b_z[None, :])
-        gi_n = tl.dot(x_t, tl.trans(w_in), input_precision=INPUT_PRECISION) + b_in[None, :]
-        gh_n = tl.dot(h_prev, tl.trans(w_hn), input_precision=INPUT_PRECISION) + b_hn[None, :]
-        n = _tanh(gi_n + r * gh_n)
+        r, z, n, gh_n = _gates(x_t, h_prev, w_ir, w_iz, w_in, w_hr, w_hz, w_hn, b_r, b_z, b_in, b_hn,
+                               INPUT_PRECISION)
 
-        d_zz = dh_t * (n - h_prev)
         if HAS_ATT:
             a = tl.load(att_ptr + offs_b * T + t64, mask=valid, other=0.0).to(tl.float32)
-            zz = a[:, None] * z
-            da = tl.sum(d_zz * z, axis=1)   # 0 for rows past their length (dh_t = 0)
-            tl.store(datt_ptr + offs_b * T + t64, da.to(datt_ptr.dtype.element_ty), mask=mask_b)
-            d_z = a[:, None] * d_zz
         else:
-            zz = z
-            d_z = d_zz
-        dp_z = d_z * z * (1.0 - z)
-        dp_n = dh_t * zz * (1.0 - n * n)
-        dp_r = dp_n * gh_n * r * (1.0 - r)
-        dgh_n = dp_n * r
+            a = valid.to(tl.float32)   # not read without att
+        dp_r, dp_z, dp_n, dgh_n, zz, da = _gate_grads(dh_t, h_prev, r, z, n, gh_n, a, HAS_ATT)
+        if HAS_ATT:
+            tl.store(datt_ptr + offs_b * T + t64, da.to(datt_ptr.dtype.element_ty), mask=mask_b)
 
         dx_t = (tl.dot(dp_r, w_ir, input_precision=INPUT_PRECISION)
                 + tl.dot(dp_z, w_iz, input_precision=INPUT_PRECISION)
@@ -415,12 +444,7 @@ def _augru_fwd_chunked_kernel(
     mask_h = offs_h < H
     mask_bh = mask_b[:, None] & mask_h[None, :]
 
-    b_r = (_load_gate_b(bih_ptr, 0, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 0, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_z = (_load_gate_b(bih_ptr, 1, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 1, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_in = _load_gate_b(bih_ptr, 2, offs_h, mask_h, H, HAS_BIAS_IH)
-    b_hn = _load_gate_b(bhh_ptr, 2, offs_h, mask_h, H, HAS_BIAS_HH)
+    b_r, b_z, b_in, b_hn = _load_biases(bih_ptr, bhh_ptr, offs_h, mask_h, H, HAS_BIAS_IH, HAS_BIAS_HH)
 
     L = _load_lengths(len_ptr, offs_b, mask_b, T, HAS_LENGTHS)
     L_max = tl.max(L, axis=0)
@@ -465,9 +489,7 @@ def _augru_fwd_chunked_kernel(
                          g_z, input_precision=INPUT_PRECISION)
             gh_n = tl.dot(hc, _load_gate_wt_chunk(whh_ptr, 2, offs_k, offs_h, mask_k, mask_h, H, H),
                           gh_n, input_precision=INPUT_PRECISION)
-        r = tl.sigmoid(g_r)
-        z = tl.sigmoid(g_z)
-        n = _tanh(gi_n + r * gh_n)
+        r, z, n = _activate(g_r, g_z, gi_n, gh_n)
         if HAS_ATT:
             a = tl.load(att_ptr + offs_b * T + t64, mask=valid, other=0.0).to(tl.float32)
             z = a[:, None] * z
@@ -515,12 +537,7 @@ def _augru_bwd_chunked_kernel(
     mask_h = offs_h < H
     mask_bh = mask_b[:, None] & mask_h[None, :]
 
-    b_r = (_load_gate_b(bih_ptr, 0, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 0, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_z = (_load_gate_b(bih_ptr, 1, offs_h, mask_h, H, HAS_BIAS_IH)
-           + _load_gate_b(bhh_ptr, 1, offs_h, mask_h, H, HAS_BIAS_HH))
-    b_in = _load_gate_b(bih_ptr, 2, offs_h, mask_h, H, HAS_BIAS_IH)
-    b_hn = _load_gate_b(bhh_ptr, 2, offs_h, mask_h, H, HAS_BIAS_HH)
+    b_r, b_z, b_in, b_hn = _load_biases(bih_ptr, bhh_ptr, offs_h, mask_h, H, HAS_BIAS_IH, HAS_BIAS_HH)
 
     L = _load_lengths(len_ptr, offs_b, mask_b, T, HAS_LENGTHS)
     L_max = tl.max(L, axis=0)
@@ -578,27 +595,18 @@ def _augru_bwd_chunked_kernel(
                   .to(tl.float32)
                   + tl.load(h0_rows + offs_h[None, :], mask=vmask_h & (t == 0), other=0.0)
                   .to(tl.float32))
-        r = tl.sigmoid(g_r)
-        z = tl.sigmoid(g_z)
-        n = _tanh(gi_n + r * gh_n)
+        r, z, n = _activate(g_r, g_z, gi_n, gh_n)
 
         g = tl.load(gout_ptr + seq_base + t64 * H + offs_h[None, :], mask=vmask_h,
                     other=0.0).to(tl.float32)
         dh_t = tl.where(vmask, dh + g, 0.0)
-        d_zz = dh_t * (n - h_prev)
         if HAS_ATT:
             a = tl.load(att_ptr + offs_b * T + t64, mask=valid, other=0.0).to(tl.float32)
-            zz = a[:, None] * z
-            da = tl.sum(d_zz * z, axis=1)
-            tl.store(datt_ptr + offs_b * T + t64, da.to(datt_ptr.dtype.element_ty), mask=mask_b)
-            d_z = a[:, None] * d_zz
         else:
-            zz = z
-            d_z = d_zz
-        dp_z = d_z * z * (1.0 - z)
-        dp_n = dh_t * zz * (1.0 - n * n)
-        dp_r = dp_n * gh_n * r * (1.0 - r)
-        dgh_n = dp_n * r
+            a = valid.to(tl.float32)   # not read without att
+        dp_r, dp_z, dp_n, dgh_n, zz, da = _gate_grads(dh_t, h_prev, r, z, n, gh_n, a, HAS_ATT)
+        if HAS_ATT:
+            tl.store(datt_ptr + offs_b * T + t64, da.to(datt_ptr.dtype.element_ty), mask=mask_b)
 
         g_t = g_base + t64 * 4 * H                             # [BLOCK_B, 1]
         tl.store(g_t + offs_h[None, :], dp_r, mask=mask_bh)

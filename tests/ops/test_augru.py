@@ -131,6 +131,19 @@ def test_all_options(backend, options):
     _check_backend(backend, 5, 6, 7, 9, options, torch.float32, seed=hash(options) % 10_000)
 
 
+@pytest.mark.parametrize("options", OPTIONS[:3], ids=lambda o: "att{}-len{}-bias{}-h0{}".format(*map(int, o)))
+@pytest.mark.parametrize("shape", [(3, 7, 5), (17, 5, 36), (1, 4, 1)], ids=lambda s: "B{}-T{}-H{}".format(*s))
+def test_triton_chunked_kernels_match_reference(shape, options, monkeypatch):
+    """The chunked Triton kernels (W streamed in K-chunks, for sizes past the on-chip limit or a
+    device with too little shared memory) on small shapes, forced: outputs, h_n, every gradient."""
+    _skip_unless_usable("triton")
+    import udg_fast.kernels.augru as kernels
+
+    monkeypatch.setattr(kernels, "_FORCE_CHUNKED", True)
+    B, T, H = shape
+    _check_backend("triton", B, T, INPUT_SIZES[(B + T) % 4], H, options, torch.float32, seed=77 + B + T + H)
+
+
 def test_cpu_float64_matches_reference():
     _skip_unless_usable("cpu")
     for i, (B, T, H) in enumerate(GRID[::5]):
