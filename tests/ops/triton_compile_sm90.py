@@ -1,0 +1,66 @@
+"""Compile (not run) every Triton kernel of kernels/ for sm_90 with Triton's real compiler, on a
+machine without a GPU: the interpreter the other tests use does not apply the compiler's typing,
+layout and shared-memory rules, so a kernel can pass them and still fail to build on a GPU.
+
+Run as a script, without TRITON_INTERPRET (tests/ops/test_triton_compile.py does that); prints one
+line per kernel (its shared memory) and exits non-zero on the first failure. Every autotune config
+of the gated_linear kernels is compiled, and both the on-chip and the chunked AUGRU kernels at
+their largest tiles.
+"""
+import inspect
+import os
+import sys
+
+assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import udg_fast.kernels.augru as augru  # noqa: E402
+import udg_fast.kernels.gated_linear as gated_linear  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+# The most dynamic shared memory one block may opt into on sm_90 (227 KiB, H100 and H200).
+SM90_MAX_SHARED = 232448
+
+
+def compile_kernel(kernel, constexprs, num_warps=4, num_stages=3):
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel  # the JITFunction
+    names = list(inspect.signature(fn.fn).parameters)
+    signature, const = {}, {}
+    for i, n in enumerate(names):
+        if n in constexprs:
+            signature[n], const[(i,)] = "constexpr", constexprs[n]
+        elif n.endswith("_ptr"):
+            signature[n] = "*i64" if n == "len_ptr" else "*fp32"
+        else:
+            signature[n] = "fp32" if "scale" in n else "i32"
+    missing = [n for n in names if signature[n] == "constexpr" and n not in constexprs]
+    assert not missing, missing
+    c = triton.compile(ASTSource(fn, signature, constexprs=const), target=TARGET,
+                       options={"num_warps": num_warps, "num_stages": num_stages})
+    print(f"{fn.__name__} {constexprs}: shared {c.metadata.shared} B")
+    assert c.metadata.shared <= SM90_MAX_SHARED, (
+        f"{fn.__name__} {constexprs} needs {c.metadata.shared} B of shared memory, sm_90 allows {SM90_MAX_SHARED}")
+
+
+def main():
+    opts = dict(HAS_BIAS_IH=True, HAS_BIAS_HH=True, HAS_ATT=True, HAS_LENGTHS=True, INPUT_PRECISION="ieee",
+                BLOCK_B=augru._BLOCK_B)
+    on_chip = dict(opts, BLOCK_I=augru._ON_CHIP_MAX, BLOCK_H=augru._ON_CHIP_MAX)
+    compile_kernel(augru._augru_fwd_kernel, on_chip)
+    compile_kernel(augru._augru_bwd_kernel, on_chip)
+    chunked = dict(opts, BLOCK_H=augru._MAX_DIM, BLOCK_K=augru._CHUNK_K)
+    compile_kernel(augru._augru_fwd_chunked_kernel, chunked)
+    compile_kernel(augru._augru_bwd_chunked_kernel, chunked)
+    for kernel, extra in ((gated_linear._gated_linear_fwd_kernel, dict(HAS_BIAS=True, BLOCK_N=256)),
+                          (gated_linear._gated_linear_bwd_dgrad_kernel, {}),
+                          (gated_linear._gated_linear_bwd_wgrad_kernel, {})):
+        for cfg in kernel.configs:
+            compile_kernel(kernel, dict(extra, APPLY_RELU=True, INPUT_PRECISION="ieee", **cfg.kwargs),
+                           cfg.num_warps, cfg.num_stages)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
