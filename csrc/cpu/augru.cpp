@@ -410,6 +410,30 @@ UDG_AI void dispatch_nba(int64_t n, F&& f) {
   f(std::integral_constant<int, N>{});
 }
 
+// ---- the gates' pre-activations, shared by both directions ---------------------------------------
+
+// G = [r | z | n_i | n_h], each [Hm, RB], from the block's xh = [x_t (I rows) | h_{t-1} (H rows)]:
+// W_r, W_z act on the whole [x; h] (biases b_i + b_h pre-summed in brz); n keeps its input and
+// hidden parts apart (n = tanh(n_i + r ⊙ n_h)).
+template <class VT, int NBA>
+UDG_AI void preactivations(const Problem<typename VT::S>& p, const typename VT::S* xh, typename VT::S* G) {
+  using S = typename VT::S;
+  constexpr int RB = rows_per_block<VT>();
+  const int64_t Hm = p.Hm, K = p.K, I_ = p.I;
+  {
+    Seg<S> s{p.wg, K, xh, K};
+    tgemm<VT, NBA>(2 * Hm, &s, 1, p.brz, nullptr, G);
+  }
+  {
+    Seg<S> s{p.wg + 2 * Hm * K, K, xh, I_};
+    tgemm<VT, NBA>(Hm, &s, 1, p.bin, nullptr, G + 2 * Hm * RB);
+  }
+  {
+    Seg<S> s{p.wg + 2 * Hm * K + I_, K, xh + I_ * RB, p.H};
+    tgemm<VT, NBA>(Hm, &s, 1, p.bhn, nullptr, G + 3 * Hm * RB);
+  }
+}
+
 // ---- forward, one block -------------------------------------------------------------------------
 
 template <class VT, int NBA>
@@ -420,21 +444,9 @@ UDG_AI void fwd_step(const Problem<typename VT::S>& p, typename VT::S* xh, typen
   using I = typename VT::I;
   constexpr int L = VT::L;
   constexpr int RB = rows_per_block<VT>();
-  const int64_t Hm = p.Hm, K = p.K, I_ = p.I;
+  const int64_t Hm = p.Hm, I_ = p.I;
   S* h = xh + I_ * RB;
-  // Pre-activations: G = [r | z | n_i | n_h], each [Hm, RB].
-  {
-    Seg<S> s{p.wg, K, xh, K};
-    tgemm<VT, NBA>(2 * Hm, &s, 1, p.brz, nullptr, G);
-  }
-  {
-    Seg<S> s{p.wg + 2 * Hm * K, K, xh, I_};
-    tgemm<VT, NBA>(Hm, &s, 1, p.bin, nullptr, G + 2 * Hm * RB);
-  }
-  {
-    Seg<S> s{p.wg + 2 * Hm * K + I_, K, h, p.H};
-    tgemm<VT, NBA>(Hm, &s, 1, p.bhn, nullptr, G + 3 * Hm * RB);
-  }
+  preactivations<VT, NBA>(p, xh, G);
   for (int v = 0; v < NBA; ++v) {
     const I active = vfirst<VT>(nact - v * L);
     const V a = p.has_att ? vld<VT>(av + v * L) : vset<VT>(S(1));
@@ -503,21 +515,9 @@ UDG_AI void bwd_step(const Problem<S>& p, S* xh, S* G, S* dG, S* dh, S* dxT, con
   using I = typename VT::I;
   constexpr int L = VT::L;
   constexpr int RB = rows_per_block<VT>();
-  const int64_t Hm = p.Hm, K = p.K, I_ = p.I;
+  const int64_t Hm = p.Hm, I_ = p.I;
   const S* hprev = xh + I_ * RB;
-  // Recompute the pre-activations from x_t and h_{t-1}.
-  {
-    Seg<S> s{p.wg, K, xh, K};
-    tgemm<VT, NBA>(2 * Hm, &s, 1, p.brz, nullptr, G);
-  }
-  {
-    Seg<S> s{p.wg + 2 * Hm * K, K, xh, I_};
-    tgemm<VT, NBA>(Hm, &s, 1, p.bin, nullptr, G + 2 * Hm * RB);
-  }
-  {
-    Seg<S> s{p.wg + 2 * Hm * K + I_, K, hprev, p.H};
-    tgemm<VT, NBA>(Hm, &s, 1, p.bhn, nullptr, G + 3 * Hm * RB);
-  }
+  preactivations<VT, NBA>(p, xh, G);  // recomputed from x_t and h_{t-1}
   // Gate gradients dG = [dr_pre | dz_pre | dn_pre | dn_pre ⊙ r] and dh ← dh ⊙ (1 − a z).
   for (int v = 0; v < NBA; ++v) {
     const I active = vfirst<VT>(nact - v * L);
