@@ -701,15 +701,33 @@ Dims check_inputs(const char* op, const at::Tensor& x, const at::Tensor& weight_
 
 at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-const float* f32_ptr_or_null(const std::optional<at::Tensor>& t, at::Tensor& keep) {
-  if (!has(t)) return nullptr;
-  keep = f32(*t);
-  return keep.const_data_ptr<float>();
-}
-
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+// The inputs both directions read, contiguous, with the weights and biases as fp32 copies (all
+// the kernels' math is fp32).
+struct Inputs {
+  at::Tensor x, h0, att, lengths, wih, whh, bih, bhh;  // att, lengths, bih, bhh undefined if absent
+  const float* b_ih() const { return bih.defined() ? bih.const_data_ptr<float>() : nullptr; }
+  const float* b_hh() const { return bhh.defined() ? bhh.const_data_ptr<float>() : nullptr; }
+};
+
+Inputs contiguous_inputs(const at::Tensor& x, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                         const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                         const std::optional<at::Tensor>& att, const std::optional<at::Tensor>& lengths,
+                         const at::Tensor& h0) {
+  Inputs in;
+  in.x = x.contiguous();
+  in.h0 = h0.contiguous();
+  if (has(att)) in.att = att->contiguous();
+  if (has(lengths)) in.lengths = lengths->contiguous();
+  in.wih = f32(weight_ih);
+  in.whh = f32(weight_hh);
+  if (has(bias_ih)) in.bih = f32(*bias_ih);
+  if (has(bias_hh)) in.bhh = f32(*bias_hh);
+  return in;
 }
 
 // Dynamic shared memory a block may use: the device's opt-in limit less the static len_s[].
@@ -767,8 +785,8 @@ std::tuple<at::Tensor, at::Tensor> augru_forward(
   constexpr const char* op = "udg_fast::augru (CUDA)";
   const Dims d = check_inputs(op, x_, weight_ih, weight_hh, bias_ih, bias_hh, att_, lengths_, h0_);
   const c10::cuda::CUDAGuard device_guard(x_.device());
-  const at::Tensor x = x_.contiguous();
-  const at::Tensor h0 = h0_.contiguous();
+  const Inputs in = contiguous_inputs(x_, weight_ih, weight_hh, bias_ih, bias_hh, att_, lengths_, h0_);
+  const at::Tensor &x = in.x, &h0 = in.h0;
   at::Tensor out = at::empty({d.B, d.T, d.H}, x.options());
   at::Tensor h_n = at::empty({d.B, d.H}, x.options());
   if (d.B == 0 || d.H == 0) return {out, h_n};
@@ -776,12 +794,6 @@ std::tuple<at::Tensor, at::Tensor> augru_forward(
     h_n.copy_(h0);
     return {out, h_n};
   }
-  const at::Tensor att = has(att_) ? att_->contiguous() : at::Tensor();
-  const at::Tensor lengths = has(lengths_) ? lengths_->contiguous() : at::Tensor();
-  const at::Tensor wih = f32(weight_ih), whh = f32(weight_hh);
-  at::Tensor bih, bhh;
-  const float* bih_p = f32_ptr_or_null(bias_ih, bih);
-  const float* bhh_p = f32_ptr_or_null(bias_hh, bhh);
 
   const int64_t limit = smem_limit();
   const bool w_in_smem = fwd_w_in_smem(d.I, d.H, limit);
@@ -795,12 +807,12 @@ std::tuple<at::Tensor, at::Tensor> augru_forward(
     using scalar_t = decltype(tag);
     FwdArgs<scalar_t> a;
     a.x = x.const_data_ptr<scalar_t>();
-    a.w_ih = wih.const_data_ptr<float>();
-    a.w_hh = whh.const_data_ptr<float>();
-    a.b_ih = bih_p;
-    a.b_hh = bhh_p;
-    a.att = ptr_or_null<scalar_t>(att);
-    a.lengths = ptr_or_null<int64_t>(lengths);
+    a.w_ih = in.wih.const_data_ptr<float>();
+    a.w_hh = in.whh.const_data_ptr<float>();
+    a.b_ih = in.b_ih();
+    a.b_hh = in.b_hh();
+    a.att = ptr_or_null<scalar_t>(in.att);
+    a.lengths = ptr_or_null<int64_t>(in.lengths);
     a.h0 = h0.const_data_ptr<scalar_t>();
     a.out = out.mutable_data_ptr<scalar_t>();
     a.h_n = h_n.mutable_data_ptr<scalar_t>();
@@ -831,8 +843,8 @@ augru_backward(const at::Tensor& grad_outputs, const at::Tensor& grad_h_n, const
   check_tensor(op, "grad_h_n", grad_h_n, x_, {d.B, d.H});
   check_tensor(op, "outputs", outputs, x_, {d.B, d.T, d.H});
   const c10::cuda::CUDAGuard device_guard(x_.device());
-  const at::Tensor x = x_.contiguous();
-  const at::Tensor h0 = h0_.contiguous();
+  const Inputs in = contiguous_inputs(x_, weight_ih, weight_hh, bias_ih, bias_hh, att_, lengths_, h0_);
+  const at::Tensor &x = in.x, &h0 = in.h0;
   const at::Tensor ghn = grad_h_n.contiguous();
   const bool with_att = has(att_);
   const auto opts = x.options();
@@ -844,12 +856,6 @@ augru_backward(const at::Tensor& grad_outputs, const at::Tensor& grad_h_n, const
   }
   const at::Tensor gout = grad_outputs.contiguous();
   const at::Tensor outs = outputs.contiguous();
-  const at::Tensor att = with_att ? att_->contiguous() : at::Tensor();
-  const at::Tensor lengths = has(lengths_) ? lengths_->contiguous() : at::Tensor();
-  const at::Tensor wih = f32(weight_ih), whh = f32(weight_hh);
-  at::Tensor bih, bhh;
-  const float* bih_p = f32_ptr_or_null(bias_ih, bih);
-  const float* bhh_p = f32_ptr_or_null(bias_hh, bhh);
 
   at::Tensor dx = at::empty({d.B, d.T, d.I}, opts);
   at::Tensor datt = with_att ? at::empty({d.B, d.T}, opts) : at::zeros({d.B, d.T}, opts);
@@ -875,12 +881,12 @@ augru_backward(const at::Tensor& grad_outputs, const at::Tensor& grad_h_n, const
     a.gout = gout.const_data_ptr<scalar_t>();
     a.ghn = ghn.const_data_ptr<scalar_t>();
     a.x = x.const_data_ptr<scalar_t>();
-    a.w_ih = wih.const_data_ptr<float>();
-    a.w_hh = whh.const_data_ptr<float>();
-    a.b_ih = bih_p;
-    a.b_hh = bhh_p;
-    a.att = ptr_or_null<scalar_t>(att);
-    a.lengths = ptr_or_null<int64_t>(lengths);
+    a.w_ih = in.wih.const_data_ptr<float>();
+    a.w_hh = in.whh.const_data_ptr<float>();
+    a.b_ih = in.b_ih();
+    a.b_hh = in.b_hh();
+    a.att = ptr_or_null<scalar_t>(in.att);
+    a.lengths = ptr_or_null<int64_t>(in.lengths);
     a.h0 = h0.const_data_ptr<scalar_t>();
     a.out = outs.const_data_ptr<scalar_t>();
     a.dx = dx.mutable_data_ptr<scalar_t>();
