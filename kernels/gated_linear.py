@@ -89,6 +89,26 @@ def _wgrad_configs():
 # ----------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _load_gated_input(x_ptr, g_ptr, off, mask, gate_scale):
+    """h = γσ(g) ⊙ x (fp32) of a tile at offsets `off`: formed in registers, never stored; padded
+    lanes have x = 0, so h = 0."""
+    x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    return gate_scale * tl.sigmoid(g) * x
+
+
+@triton.jit
+def _load_dpre(dy_ptr, out_ptr, off, mask, APPLY_RELU: tl.constexpr):
+    """dpre = dy ⊙ relu'(out) (fp32) of a tile: `out <= 0` (not `!(out > 0)`), as torch's
+    threshold_backward, so a NaN output passes dy."""
+    dpre = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if APPLY_RELU:
+        o = tl.load(out_ptr + off, mask=mask, other=0.0)
+        dpre = tl.where(o <= 0.0, 0.0, dpre)
+    return dpre
+
+
 @triton.autotune(configs=_fwd_configs(), key=["N", "K"])  # never B: one sweep per layer shape
 @triton.jit
 def _gated_linear_fwd_kernel(
@@ -115,11 +135,8 @@ def _gated_linear_fwd_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         mask_xk = mask_m[:, None] & mask_k[None, :]
-        xg_off = offs_m[:, None] * K + offs_k[None, :]
-        x = tl.load(x_ptr + xg_off, mask=mask_xk, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + xg_off, mask=mask_xk, other=0.0).to(tl.float32)
-        # Prologue: the gated input is formed in registers; padded lanes have x = 0, so h = 0.
-        h = gate_scale * tl.sigmoid(g) * x
+        # Prologue: the gated input is formed in registers.
+        h = _load_gated_input(x_ptr, g_ptr, offs_m[:, None] * K + offs_k[None, :], mask_xk, gate_scale)
         # W tile read as Wᵀ `[BLOCK_K, BLOCK_N]`.
         w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -164,12 +181,7 @@ def _gated_linear_bwd_dgrad_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         mask_yn = mask_m[:, None] & mask_n[None, :]
-        y_off = offs_m[:, None] * N + offs_n[None, :]
-        dpre = tl.load(dy_ptr + y_off, mask=mask_yn, other=0.0).to(tl.float32)
-        if APPLY_RELU:
-            o = tl.load(out_ptr + y_off, mask=mask_yn, other=0.0)
-            # `out <= 0` (not `!(out > 0)`) as torch's threshold_backward: a NaN output passes dy.
-            dpre = tl.where(o <= 0.0, 0.0, dpre)
+        dpre = _load_dpre(dy_ptr, out_ptr, offs_m[:, None] * N + offs_n[None, :], mask_yn, APPLY_RELU)
         w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         acc = tl.dot(dpre.to(w.dtype), w, acc, input_precision=INPUT_PRECISION)
@@ -221,17 +233,10 @@ def _gated_linear_bwd_wgrad_kernel(
         offs_m = row_start + m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < B
         mask_yn = mask_m[:, None] & mask_n[None, :]
-        y_off = offs_m[:, None] * N + offs_n[None, :]
-        dpre = tl.load(dy_ptr + y_off, mask=mask_yn, other=0.0).to(tl.float32)
-        if APPLY_RELU:
-            o = tl.load(out_ptr + y_off, mask=mask_yn, other=0.0)
-            dpre = tl.where(o <= 0.0, 0.0, dpre)
-        mask_xk = mask_m[:, None] & mask_k[None, :]
-        xg_off = offs_m[:, None] * K + offs_k[None, :]
-        x = tl.load(x_ptr + xg_off, mask=mask_xk, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + xg_off, mask=mask_xk, other=0.0).to(tl.float32)
+        dpre = _load_dpre(dy_ptr, out_ptr, offs_m[:, None] * N + offs_n[None, :], mask_yn, APPLY_RELU)
         # Prologue: recompute the gated input instead of saving it in forward.
-        h = (gate_scale * tl.sigmoid(g) * x).to(x_ptr.dtype.element_ty)
+        h = _load_gated_input(x_ptr, g_ptr, offs_m[:, None] * K + offs_k[None, :],
+                              mask_m[:, None] & mask_k[None, :], gate_scale).to(x_ptr.dtype.element_ty)
         acc = tl.dot(tl.trans(dpre.to(x_ptr.dtype.element_ty)), h, acc,
                      input_precision=INPUT_PRECISION)
         db_acc += tl.sum(dpre, axis=0)
