@@ -16,6 +16,14 @@ import pytest
 from udg_fast.data.movielens import GENRES_100K
 
 
+def _zip_folder(d, z):
+    """The files of folder `d` into zip `z` under `d.name/`, as the GroupLens archives are laid out."""
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(d.iterdir()):
+            zf.write(f, f"{d.name}/{f.name}")
+    return z
+
+
 @pytest.fixture(autouse=True)
 def data_home(tmp_path, monkeypatch):
     """Every test gets its own cache folder: tests never touch ~/.cache/udg_fast."""
@@ -71,13 +79,7 @@ def write_grouplens_100k(root: Path, ml, as_zip: bool = False) -> Path:
         flags = "|".join("1" if k in gs else "0" for k in range(len(GENRES_100K)))
         lines.append(f"{it}|{title}|01-Jan-1995||http://example.org/{it}|{flags}\n")
     (d / "u.item").write_bytes("".join(lines).encode("latin-1"))
-    if not as_zip:
-        return d
-    z = root / "ml-100k.zip"
-    with zipfile.ZipFile(z, "w") as zf:
-        for n in ("u.data", "u.user", "u.item"):
-            zf.write(d / n, f"ml-100k/{n}")
-    return z
+    return _zip_folder(d, root / "ml-100k.zip") if as_zip else d
 
 
 def recbole_texts(ml) -> dict[str, str]:
@@ -118,13 +120,7 @@ def write_ml1m(root: Path, ml, as_zip: bool = False) -> Path:
         "".join(f"{it}::Caf\u00e9 {it}: The Movie (1995)::{'|'.join(GENRES_100K[k] for k in gs if k)}\n"
                 for it, title, gs in ml.items).encode("latin-1")
     )
-    if not as_zip:
-        return d
-    z = root / "ml-1m.zip"
-    with zipfile.ZipFile(z, "w") as zf:
-        for n in ("ratings.dat", "users.dat", "movies.dat"):
-            zf.write(d / n, f"ml-1m/{n}")
-    return z
+    return _zip_folder(d, root / "ml-1m.zip") if as_zip else d
 
 
 def csv_rating(r: int) -> float:
