@@ -181,23 +181,20 @@ def shard_batches(split: Split, batch_size: int, *, seed: int, rank: int, world:
                   fields=None):
     """This rank's share of each shuffled global batch: yields (local batch, global batch size).
 
-    The global batches are exactly those of `split.batches(batch_size, shuffle=True, seed=seed)`
-    (the same permutation); rank r takes rows r, r + W, r + 2W, … of each, as DistributedSampler
-    does, so the union over the ranks of step k is the single-process batch k. A last global batch
-    smaller than the world size (some rank would get no row) is dropped on every rank.
+    The global batches are those of `split.batches(batch_size, shuffle=True, seed=seed)` — taken
+    from it, so the order is the single-process order by construction; rank r keeps rows r, r + W,
+    r + 2W, … of each, as DistributedSampler does, so the union over the ranks of step k is the
+    single-process batch k. A last global batch smaller than the world size (some rank would get
+    no row) is dropped on every rank.
     """
-    n = len(split)
-    cols = split.to_torch(fields=fields)
-    perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    for s in range(0, n, batch_size):
-        idx = perm[s:s + batch_size]
-        if len(idx) < world:
+    for batch in split.batches(batch_size, shuffle=True, seed=seed, fields=fields):
+        n = len(next(iter(batch.values())))
+        if n < world:
             return
-        mine = idx[rank::world]
-        batch = {k: t.index_select(0, mine) for k, t in cols.items()}
+        mine = {k: t[rank::world].contiguous() for k, t in batch.items()}
         if device is not None:
-            batch = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
-        yield batch, len(idx)
+            mine = {k: t.to(device, non_blocking=True) for k, t in mine.items()}
+        yield mine, n
 
 
 def _gather_predictions(model: CTRModel, split: Split, batch_size: int, device, amp: bool, rank: int,
