@@ -37,6 +37,23 @@ TORCH_LIBRARY(udg_fast, m) {
       "augru_backward(Tensor grad_outputs, Tensor grad_h_n, Tensor x, Tensor weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? att, Tensor? lengths, "
       "Tensor h0, Tensor outputs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // DIN's local activation unit (DIN and DIEN attention), see udg_fast/ops/din_attention.py:
+  //   score = MLP([q, k, q − k, q ⊙ k]) on the valid steps only, 0 elsewhere.
+  // query: [B, D]; keys: [B, T, D]; idx: [N] int64, the valid steps' flat positions b·T + t,
+  // strictly increasing; fc1_weight: [h1, 4D]; fc1_bias: [h1]; weights/biases: the layers after
+  // fc1, the last [1, h_L]; activation "sigmoid"|"relu" (every hidden layer).
+  // Returns (scores [B, T], acts [N · Σh]: the hidden activations, saved for the backward).
+  // CPU only: on CUDA the Python op runs its eager form (cuBLAS GEMMs), see there.
+  m.def(
+      "din_attention(Tensor query, Tensor keys, Tensor idx, Tensor fc1_weight, Tensor fc1_bias, "
+      "Tensor[] weights, Tensor[] biases, str activation) -> (Tensor, Tensor)");
+  // Backward of din_attention from its saved acts. Returns (grad_query, grad_keys,
+  // grad_fc1_weight, grad_fc1_bias, grad_weights, grad_biases).
+  m.def(
+      "din_attention_backward(Tensor grad_scores, Tensor query, Tensor keys, Tensor idx, "
+      "Tensor acts, Tensor fc1_weight, Tensor[] weights, str activation) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[])");
 }
 
 namespace {

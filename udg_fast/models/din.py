@@ -7,24 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from udg_fast.models.base import CTRModel, Embedded, ModelError
+from udg_fast.ops.din_attention import _din_attention_eager, din_attention
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "prelu": None}
 NORMS = ("none", "softmax", "sigmoid")
 
 
 class AttentionUnit(nn.Module):
-    """DIN's local activation unit: score_t = MLP([q, k_t, q − k_t, q ⊙ k_t]) → `[B, T]`.
+    """DIN's local activation unit: score_t = MLP([q, k_t, q − k_t, q ⊙ k_t]) → `[B, T]`, through
+    the fused op `udg_fast.ops.din_attention` (its docstring has the factored first layer and the
+    backends; the C++ CPU kernel scores only the valid steps).
 
-    The first layer, W [h, 4D] = [W_q, W_k, W_d, W_p], is never applied to the 4D concat. It is
-
-        W_q q + W_k k + W_d (q − k) + W_p (q ⊙ k)  =  (W_q + W_d) q  +  k · M_b,
-        M_b = (W_k − W_d)ᵀ + diag(q_b) W_pᵀ          (a per-sample [D, h] matrix)
-
-    so the q term is computed once per sample (`[B, h]`), and the per-step work is one batched
-    GEMM `[B, T, D] × [B, D, h]` — a quarter of the naive layer's FLOPs, no `[B, T, 4D]` tensor.
-    With a mask, `forward` scores only the valid steps (see there). Both forms are exact up to
-    rounding (tests compare them with the naive concat). The parameters are those of
-    the naive unit (`fc1.weight` is `[h, 4D]`), so a checkpoint of either form loads.
+    The parameters are those of the naive unit (`fc1.weight` is `[h, 4D]`), so a checkpoint of
+    any form loads. The PReLU activation (per-layer weights) runs the op's eager factored form.
 
     Args:
         dim: D, the width of q and k.
@@ -52,42 +47,22 @@ class AttentionUnit(nn.Module):
             return torch.where(x >= 0, x, x * self.prelu_weights[i].to(x.dtype))
         return ACTIVATIONS[self.activation](x)
 
-    def _first_layer_weights(self):
-        w_q, w_k, w_d, w_p = self.fc1.weight.split(self.dim, dim=1)              # each [h, D]
-        return w_q + w_d, w_k - w_d, w_p
+    def forward(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """q `[B, D]`, k `[B, T, D]`, mask `[B, T]` bool (valid steps) or None → raw scores `[B, T]`
+        (not normalised; 0 at masked steps when a mask is given). Computed in k's dtype."""
+        dt = k.dtype
+        layers = [*self.fcs, self.out]
+        args = (q.to(dt), k, mask, self.fc1.weight.to(dt), self.fc1.bias.to(dt),
+                [fc.weight.to(dt) for fc in layers], [fc.bias.to(dt) for fc in layers])
+        if self.activation == "prelu":
+            return _din_attention_eager(*args, self._act)
+        return din_attention(*args, self.activation)
 
     def _rest(self, a: torch.Tensor) -> torch.Tensor:
         a = self._act(a, 0)
         for i, fc in enumerate(self.fcs):
             a = self._act(fc(a), i + 1)
         return self.out(a).squeeze(-1)
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """q `[B, D]`, k `[B, T, D]`, mask `[B, T]` bool (valid steps) or None → raw scores `[B, T]`
-        (not normalised; 0 at masked steps when a mask is given).
-
-        With a mask (and outside `torch.compile`, which needs static shapes) only the valid steps
-        are scored: their [k, q ⊙ k] rows are gathered into one `[N, 2D]` block (one GEMM with
-        [W_k − W_d, W_p]) and the MLP runs on N rows instead of B·T (ml-100k train: 59% of the steps are valid; the unit's forward+backward drops from
-        ~39 to ~19 ms at B=256, T=50, D=36, 1 thread). Otherwise the per-sample form above runs on
-        every step.
-        """
-        w_qd, w_kd, w_p = self._first_layer_weights()
-        q = q.to(k.dtype)
-        q_term = F.linear(q, w_qd, self.fc1.bias)                                # [B, h], once per sample
-        if mask is not None and not torch.compiler.is_compiling():
-            B, T, D = k.shape
-            flat = mask.reshape(-1).nonzero().squeeze(1)                         # valid steps in [B·T]
-            rows = torch.div(flat, T, rounding_mode="floor")                     # their samples
-            kv = k.reshape(B * T, D).index_select(0, flat)                       # [N, D]
-            qv = q.index_select(0, rows)
-            w = torch.cat([w_kd, w_p], 1).to(k.dtype)                            # [h, 2D]
-            a = torch.addmm(q_term.index_select(0, rows), torch.cat([kv, qv * kv], 1), w.t())
-            s = self._rest(a)
-            return s.new_zeros(B * T).index_copy(0, flat, s).view(B, T)
-        m = w_kd.t().unsqueeze(0) + q.unsqueeze(2) * w_p.t().unsqueeze(0)        # [B, D, h]
-        s = self._rest(torch.baddbmm(q_term.unsqueeze(1), k, m.to(k.dtype)))    # [B, T]
-        return s if mask is None else torch.where(mask, s, torch.zeros_like(s))
 
     def forward_naive(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """The same scores from the literal concat [q, k, q − k, q ⊙ k] (the reference for tests)."""

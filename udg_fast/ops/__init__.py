@@ -6,4 +6,9 @@ from udg_fast.ops.naive import gated_linear_reference
 from udg_fast.ops.augru import augru  # noqa: E402
 from udg_fast.ops.naive import augru_reference  # noqa: E402
 
-__all__ = ["gated_linear", "gated_linear_reference", "augru", "augru_reference"]
+# din_attention (DIN's local activation unit)
+from udg_fast.ops.din_attention import din_attention  # noqa: E402
+from udg_fast.ops.naive import din_attention_reference  # noqa: E402
+
+__all__ = ["gated_linear", "gated_linear_reference", "augru", "augru_reference", "din_attention",
+           "din_attention_reference"]

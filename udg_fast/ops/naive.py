@@ -94,6 +94,45 @@ def augru_reference(
     return outputs.to(dtype), h.to(dtype)
 
 
+# ---- din_attention (DIN's local activation unit) ---------------------------------------------
+
+def din_attention_reference(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    mask: torch.Tensor | None,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    weights,
+    biases,
+    activation: str = "sigmoid",
+) -> torch.Tensor:
+    """DIN's local activation unit, literally (Zhou et al. 2018, Fig. 2): every step t of every
+    sample gets the score
+
+        s_t = MLP([q, k_t, q − k_t, q ⊙ k_t])     (the 4D concat through fc1, then `weights`)
+
+    with `activation` after every hidden layer and none after the last (one score); steps where
+    mask is False score exactly 0 (`where`, so a NaN there does not leak).
+
+    Args:
+        query: `[B, D]`; keys: `[B, T, D]`; mask: `[B, T]` bool (valid steps) or None (all).
+        fc1_weight: `[h1, 4D]`; fc1_bias: `[h1]`.
+        weights, biases: the layers after fc1 (`[h_{l+1}, h_l]`, `[h_{l+1}]`), the last `[1, h_L]`.
+        activation: "sigmoid" (DIN's code) or "relu".
+    Returns:
+        scores `[B, T]`.
+    """
+    act = torch.sigmoid if activation == "sigmoid" else torch.relu
+    qe = query.unsqueeze(1).expand_as(keys)
+    a = act(F.linear(torch.cat([qe, keys, qe - keys, qe * keys], -1), fc1_weight, fc1_bias))
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        a = F.linear(a, w, b)
+        if i < len(weights) - 1:
+            a = act(a)
+    s = a.squeeze(-1)
+    return s if mask is None else torch.where(mask, s, torch.zeros_like(s))
+
+
 # ---- double backward ------------------------------------------------------------------------------
 
 def reference_vjp(reference, args, grad_outputs, differentiable):

@@ -1,0 +1,269 @@
+"""udg_fast.ops.din_attention (DIN's local activation unit): every backend against the literal
+4D-concat reference in float64, the scores and every gradient (query, keys, fc1, every later
+layer), on odd shapes with random masks (empty and full rows, non-prefix patterns, no mask);
+many blocks and groups; float64 gradcheck; opcheck; torch.compile; determinism; a NaN at a padded
+step stays there; double backward; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import udg_fast
+from udg_fast.models.din import AttentionUnit
+from udg_fast.ops import din_attention, din_attention_reference
+from udg_fast.ops.din_attention import _activation, _din_attention_eager
+
+from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
+
+FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
+GRAD_NAMES = ["dquery", "dkeys", "dfc1_weight", "dfc1_bias"]
+
+# (B, T, D, hidden, activation, mask kind): odd sizes, one hidden layer to three, both activations.
+# The last two have more valid steps than one 512-step block, so several blocks and (with 2
+# threads) several groups of weight-gradient partials.
+CASES = [
+    (1, 1, 1, (3,), "sigmoid", "random"),
+    (3, 7, 5, (7, 5), "relu", "prefix"),
+    (5, 13, 3, (11, 5), "sigmoid", "none"),
+    (7, 50, 36, (80, 40), "sigmoid", "prefix"),
+    (4, 9, 6, (9, 7, 5), "relu", "random"),
+    (2, 6, 4, (5, 3), "sigmoid", "empty"),
+    (0, 5, 4, (5, 3), "sigmoid", "prefix"),
+    (37, 33, 18, (80, 40), "relu", "random"),
+    (300, 50, 36, (80, 40), "sigmoid", "prefix"),
+    (61, 129, 8, (6,), "relu", "prefix"),
+]
+
+
+def _ids(c):
+    B, T, D, hidden, act, mask = c
+    return f"B{B}-T{T}-D{D}-{'x'.join(map(str, hidden))}-{act}-{mask}"
+
+
+def _mask(kind, B, T, g):
+    if kind == "none":
+        return None
+    if kind == "empty":
+        return torch.zeros(B, T, dtype=torch.bool)
+    if kind == "random":  # not a prefix: any pattern of valid steps
+        m = torch.rand(B, T, generator=g) < 0.6
+    else:
+        lengths = torch.randint(0, T + 1, (B,), generator=g)
+        m = torch.arange(T) < lengths[:, None]
+    if B >= 2:  # always a user with no valid step and one with all
+        m[0], m[1] = True, False
+    return m
+
+
+def _inputs(B, T, D, hidden, seed):
+    """float64 leaves: q, k, fc1 weight and bias, then the weights and biases after fc1."""
+    g = torch.Generator().manual_seed(seed)
+    dims = [*hidden, 1]
+    ts = [torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, T, D, generator=g, dtype=torch.float64),
+          torch.randn(hidden[0], 4 * D, generator=g, dtype=torch.float64) * (4 * D) ** -0.5,
+          torch.randn(hidden[0], generator=g, dtype=torch.float64) * 0.5]
+    ws = [torch.randn(dims[i + 1], dims[i], generator=g, dtype=torch.float64) * dims[i] ** -0.5 for i in range(len(hidden))]
+    bs = [torch.randn(dims[i + 1], generator=g, dtype=torch.float64) * 0.5 for i in range(len(hidden))]
+    return ts + ws + bs, g
+
+
+def _run(fn, leaves, mask, n, act, grad_scores):
+    ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+    s = fn(ls[0], ls[1], mask, ls[2], ls[3], ls[4:4 + n], ls[4 + n:], act)
+    s.backward(grad_scores.to(s))
+    return s.detach(), [t.grad for t in ls]
+
+
+def _check(backend, case, dtype, seed):
+    B, T, D, hidden, act, kind = case
+    leaves, g = _inputs(B, T, D, hidden, seed)
+    mask = _mask(kind, B, T, g)
+    gs = torch.randn(B, T, generator=g, dtype=torch.float64)
+    device = device_for(backend)
+    n = len(hidden)
+    leaves = [t.to(device) for t in leaves]
+    mask = None if mask is None else mask.to(device)
+    with udg_fast.use_backend(backend):
+        s, grads = _run(din_attention, [t.to(dtype) for t in leaves], mask, n, act, gs)
+    with udg_fast.use_backend("reference"):
+        s64, grads64 = _run(din_attention_reference, leaves, mask, n, act, gs)
+        s32, grads32 = _run(din_attention_reference, [t.to(dtype) for t in leaves], mask, n, act, gs)
+    assert s.dtype == dtype and s.shape == (B, T)
+    if mask is not None:
+        assert (s[~mask] == 0).all(), "scores at masked steps must be exactly 0"
+    names = ["scores", *GRAD_NAMES, *[f"dweights[{i}]" for i in range(n)], *[f"dbiases[{i}]" for i in range(n)]]
+    for name, fast, ref64, ref32 in zip(names, [s, *grads], [s64, *grads64], [s32, *grads32]):
+        assert fast is not None, f"{name}: missing gradient"
+        assert_close_to_reference(f"[{backend}] {name}", fast, ref64, ref32, floor=FLOOR[dtype])
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_matches_reference(backend, case):
+    _check(backend, case, torch.float32, seed=CASES.index(case))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [CASES[3], CASES[8], CASES[9]], ids=_ids)
+def test_cpu_block_and_group_boundaries(threads, case):
+    """The C++ kernel with 1 and 2 threads (2 → 4 groups of weight-gradient partials)."""
+    _skip_unless("cpu")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check("cpu", case, torch.float32, seed=100 + threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_cpu_float64_matches_reference():
+    _skip_unless("cpu")
+    for i, case in enumerate(CASES[:6]):
+        _check("cpu", case, torch.float64, seed=200 + i)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_eager_factored_form_matches_reference(masked):
+    """The form the GPU backends and torch.compile run, on CPU: packed (mask) and per sample."""
+    B, T, D, hidden = 6, 11, 5, (9, 4)
+    leaves, g = _inputs(B, T, D, hidden, seed=7)
+    mask = _mask("random", B, T, g) if masked else None
+    gs = torch.randn(B, T, generator=g, dtype=torch.float64)
+    for act in ("sigmoid", "relu"):
+        s, grads = _run(lambda *a: _din_attention_eager(*a[:-1], _activation(a[-1])), leaves, mask, 2, act, gs)
+        s64, grads64 = _run(din_attention_reference, leaves, mask, 2, act, gs)
+        torch.testing.assert_close(s, s64)
+        for i, (a, b) in enumerate(zip(grads, grads64)):
+            torch.testing.assert_close(a, b, msg=lambda m, i=i: f"{act} grad {i}: {m}")
+
+
+def _skip_unless(backend):
+    st = udg_fast.backends()[backend]
+    if not st["usable"]:
+        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
+
+
+def test_gradcheck_float64_cpu():
+    _skip_unless("cpu")
+    B, T, D, hidden = 3, 4, 2, (3, 2)
+    leaves, g = _inputs(B, T, D, hidden, seed=11)
+    mask = _mask("random", B, T, g)
+    leaves = [t.requires_grad_(True) for t in leaves]
+
+    def f(*ls):
+        with udg_fast.use_backend("cpu"):
+            return din_attention(ls[0], ls[1], mask, ls[2], ls[3], ls[4:6], ls[6:], "sigmoid")
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_opcheck_cpp_op():
+    _skip_unless("cpu")
+    B, T, D, hidden = 3, 5, 4, (6, 3)
+    leaves, g = _inputs(B, T, D, hidden, seed=12)
+    q, k, w1, b1, *params = [t.float().requires_grad_(True) for t in leaves]
+    idx = _mask("prefix", B, T, g).reshape(-1).nonzero().squeeze(1)
+    args = (q, k, idx, w1, b1, params[:2], params[2:], "relu")
+    torch.library.opcheck(torch.ops.udg_fast.din_attention.default, args)
+
+
+def test_cpp_op_checks_its_arguments():
+    _skip_unless("cpu")
+    B, T, D, hidden = 2, 3, 4, (5,)
+    leaves, _ = _inputs(B, T, D, hidden, seed=13)
+    q, k, w1, b1, w, b = [t.float() for t in leaves]
+    op = torch.ops.udg_fast.din_attention
+    with pytest.raises(RuntimeError, match="idx must be strictly increasing"):
+        op(q, k, torch.tensor([3, 1]), w1, b1, [w], [b], "sigmoid")
+    with pytest.raises(RuntimeError, match=r"idx must be strictly increasing positions in \[0, B·T = 6\)"):
+        op(q, k, torch.tensor([6]), w1, b1, [w], [b], "sigmoid")
+    with pytest.raises(RuntimeError, match="activation must be 'sigmoid' or 'relu'"):
+        op(q, k, torch.tensor([0]), w1, b1, [w], [b], "tanh")
+    with pytest.raises(RuntimeError, match=r"the last weight must be \[1, h_L\]"):
+        op(q, k, torch.tensor([0]), w1, b1, [w.repeat(2, 1)], [b.repeat(2)], "relu")
+
+
+def test_deterministic_and_nan_at_padded_steps_stays_there():
+    """Two runs give the same bits; a NaN key at a padded step reaches no score and no gradient
+    (the kernel never reads padded steps; its dk there is exactly 0)."""
+    _skip_unless("cpu")
+    B, T, D, hidden = 40, 30, 8, (16, 8)
+    leaves, g = _inputs(B, T, D, hidden, seed=14)
+    mask = _mask("prefix", B, T, g)
+    leaves = [t.float() for t in leaves]
+    leaves[1][~mask] = float("nan")
+    gs = torch.randn(B, T, generator=g, dtype=torch.float64)
+    with udg_fast.use_backend("cpu"):
+        s1, g1 = _run(din_attention, leaves, mask, 2, "sigmoid", gs)
+        s2, g2 = _run(din_attention, leaves, mask, 2, "sigmoid", gs)
+    assert torch.equal(s1, s2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert torch.isfinite(s1).all()
+    assert all(torch.isfinite(t).all() for i, t in enumerate(g1) if i != 1)
+    assert torch.isfinite(g1[1][mask]).all() and (g1[1][~mask] == 0).all()
+
+
+def test_double_backward_matches_reference():
+    """create_graph=True: the op's gradient is the reference's, itself differentiable."""
+    _skip_unless("cpu")
+    B, T, D, hidden = 4, 6, 3, (5, 4)
+    leaves, g = _inputs(B, T, D, hidden, seed=15)
+    mask = _mask("random", B, T, g)
+    u = torch.randn(B, T, generator=g, dtype=torch.float64)
+
+    def second(fn):
+        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+        s = fn(ls[0], ls[1], mask, ls[2], ls[3], ls[4:6], ls[6:], "sigmoid")
+        first = torch.autograd.grad((s * u).sum(), ls, create_graph=True)
+        second = torch.autograd.grad(sum((f ** 2).sum() for f in first), ls, allow_unused=True)
+        # (the score bias enters no first-order gradient: its second-order term is 0)
+        return [torch.zeros_like(t) if d is None else d for t, d in zip(ls, second)]
+
+    with udg_fast.use_backend("cpu"):
+        got = second(din_attention)
+    want = second(din_attention_reference)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"second-order grad {i}: {m}")
+
+
+def test_attention_unit_compiles_fullgraph():
+    """torch.compile runs the unit through the eager factored form (static shapes), no graph
+    break; output and gradients equal the eager (C++) run."""
+    _skip_unless("cpu")
+    torch.manual_seed(0)
+    unit = AttentionUnit(6, (8, 4), "sigmoid")
+    q, k = torch.randn(5, 6), torch.randn(5, 7, 6)
+    mask = torch.arange(7) < torch.tensor([7, 0, 3, 5, 1])[:, None]
+    assert_compile_matches_eager("cpu", lambda m, q, k: m(q, k, mask), unit, q, k)
+
+
+def _ok():
+    B, T, D, hidden = 2, 3, 4, (5,)
+    leaves, _ = _inputs(B, T, D, hidden, seed=16)
+    q, k, w1, b1, w, b = [t.float() for t in leaves]
+    return [q, k, torch.ones(B, T, dtype=torch.bool), w1, b1, [w], [b], "sigmoid"]
+
+
+def _with(i, v):
+    a = _ok()
+    a[i] = v
+    return a
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    (_with(0, torch.randn(2, 4, 1)), ValueError, r"query must be \[B, D\]"),
+    (_with(1, torch.randn(2, 3, 5)), ValueError, r"keys must be \[B=2, T, D=4\]"),
+    (_with(2, torch.ones(2, 4, dtype=torch.bool)), ValueError, r"mask must be \[B, T\] = \(2, 3\)"),
+    (_with(2, torch.ones(2, 3)), TypeError, "mask must be a bool tensor"),
+    (_with(3, torch.randn(5, 12)), ValueError, r"fc1_weight must be \[h1, 4·D = 16\]"),
+    (_with(4, torch.randn(4)), ValueError, r"fc1_bias must be \[5\]"),
+    (_with(5, [torch.randn(1, 4)]), ValueError, r"weights\[0\] must be \[out, 5\]"),
+    (_with(5, [torch.randn(2, 5)]), ValueError, r"biases\[0\] must be \[2\]"),
+    (_with(6, []), ValueError, "weights and biases must be non-empty and of one length"),
+    (_with(5, torch.randn(1, 5)), TypeError, "weights and biases must be lists"),
+    (_with(7, "tanh"), ValueError, "activation must be one of"),
+    (_with(1, torch.randn(2, 3, 4).double()), TypeError, "keys has dtype torch.float64"),
+    (_with(0, torch.randn(2, 4).numpy()), TypeError, "query must be a torch.Tensor"),
+])
+def test_bad_input_names_the_argument(args, exc, match):
+    with pytest.raises(exc, match=match):
+        din_attention(*args)
