@@ -350,7 +350,10 @@ void forward_impl(const Net& net, const Blocks& blk, const at::Tensor& query,
   std::vector<at::Tensor> bias(biases.size());
   for (size_t l = 0; l < biases.size(); ++l) bias[l] = biases[l].contiguous();
   const T b_out = bias.back().const_data_ptr<T>()[0];
-  const at::Tensor w_kp_t = w_kp.t();
+  // row-major [in, out] copies of the weights for the block GEMMs (x · Wᵀ = x · (Wᵀ))
+  const at::Tensor w_kp_t = w_kp.t().contiguous();
+  std::vector<at::Tensor> w_t;
+  for (const auto& w : net.w) w_t.push_back(w.t().contiguous());
   const auto opts = query.options();
   const int64_t threads = at::get_num_threads();
   // scratch: the gathered rows (max_rows × 2D) and the scores (max_rows)
@@ -363,18 +366,18 @@ void forward_impl(const Net& net, const Blocks& blk, const at::Tensor& query,
     gather_rows(x, qp, kp, bix, T_, rows, D);
     // layer 1: the [k, q ⊙ k] GEMM into the saved rows, then + qterm_b and act, in cache
     T* a = ap + net.off[0] + r0 * net.h[0];
-    at::Tensor a_t = view_of(a, rows, net.h[0], opts);
-    at::mm_out(a_t, view_of(x, rows, 2 * D, opts), w_kp_t);
+    gemm_nn<T>(rows, net.h[0], 2 * D, x, 2 * D, w_kp_t.const_data_ptr<T>(), net.h[0], a, net.h[0],
+               opts);
     act_qterm(a, qtp, bix, T_, rows, net.h[0], sigm);
     for (int64_t l = 1; l < L; ++l) {
       T* al = ap + net.off[l] + r0 * net.h[l];
-      at::Tensor al_t = view_of(al, rows, net.h[l], opts);
-      at::mm_out(al_t, a_t, net.w[l - 1].t());
+      gemm_nn<T>(rows, net.h[l], net.h[l - 1], a, net.h[l - 1], w_t[l - 1].const_data_ptr<T>(),
+                 net.h[l], al, net.h[l], opts);
       act_bias(al, bias[l - 1].const_data_ptr<T>(), rows, net.h[l], sigm);
-      a_t = al_t;
+      a = al;
     }
-    at::Tensor s_t = view_of(s, rows, 1, opts);
-    at::mm_out(s_t, a_t, net.w[L - 1].t());
+    gemm_nn<T>(rows, 1, net.h[L - 1], a, net.h[L - 1], w_t[L - 1].const_data_ptr<T>(), 1, s, 1,
+               opts);
     for (int64_t r = 0; r < rows; ++r) sp[bix[r]] = s[r] + b_out;
   });
 }
@@ -453,8 +456,7 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
           const at::Tensor da_t = view_of(cur, rows, hl, opts);
           at::Tensor dwl = view_of(part + off[2 * (l - 1)], hl, hp, opts);
           dwl.addmm_(da_t.t(), view_of(const_cast<T*>(a_prev), rows, hp, opts));
-          at::Tensor nxt_t = view_of(nxt, rows, hp, opts);
-          at::mm_out(nxt_t, da_t, net.w[l - 1]);
+          gemm_nn<T>(rows, hp, hl, cur, hl, net.w[l - 1].const_data_ptr<T>(), hp, nxt, hp, opts);
           if (l > 1) {
             std::fill(colsum, colsum + hp, T(0));
             dact_bias(nxt, a_prev, colsum, rows, hp, sigm);
@@ -469,8 +471,7 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
         const at::Tensor da1 = view_of(cur, rows, h1, opts);
         at::Tensor dwkp = view_of(part, h1, 2 * D, opts);
         dwkp.addmm_(da1.t(), view_of(x, rows, 2 * D, opts));
-        at::Tensor dx_t = view_of(dx, rows, 2 * D, opts);
-        at::mm_out(dx_t, da1, w_kp);
+        gemm_nn<T>(rows, 2 * D, h1, cur, h1, w_kp.const_data_ptr<T>(), 2 * D, dx, 2 * D, opts);
       }
       // dk over every step of the block's samples (0 at the padded ones); dq's q ⊙ k part
       scatter_rows(dkp, dqp, dx, qp, kp, bix, rows, b0 * T_, b1 * T_, T_, D);

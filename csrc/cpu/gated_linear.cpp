@@ -15,8 +15,9 @@
 // partials belong to fixed groups of blocks, not to whichever thread runs them, and are summed in
 // group order: the gradients are bit-identical run to run for a given thread count.
 //
-// The GEMMs go through ATen (at::mm_out / addmm_ on block views: MKL here). Inside
-// at::parallel_for they run single-threaded, one block GEMM per thread. This file must be
+// The block GEMMs go through cpu/common.h's gemm_nn (oneDNN's brgemm micro-kernel; at::mm_out
+// without it) and ATen's addmm_ for dW (MKL here). Inside at::parallel_for they run
+// single-threaded, one block GEMM per thread. This file must be
 // compiled with -fopenmp (see cpu/common.h).
 //
 // Elementwise work (float32) is vectorised by GCC in function clones for x86-64-v4 (AVX-512),
@@ -219,15 +220,15 @@ void forward_impl(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w,
   const T* gp = g.const_data_ptr<T>();
   const T* bp = b != nullptr ? b->const_data_ptr<T>() : nullptr;
   T* op = out.mutable_data_ptr<T>();
-  const at::Tensor wt = w.t();
+  const at::Tensor wt = w.t().contiguous();  // [K, N] row-major for the block GEMMs
+  const T* wtp = wt.const_data_ptr<T>();
   const int64_t threads = at::get_num_threads();
   const int64_t blk_rows = block_rows(B, K, N, sizeof(T), threads);
   const int64_t nblk = (B + blk_rows - 1) / blk_rows;
   parallel_items<T>(nblk, threads, std::min(blk_rows, B) * K, [&](int64_t blk, T* xs) {
     const int64_t r0 = blk * blk_rows, rows = std::min(blk_rows, B - r0);
     gate_fwd(xp + r0 * K, gp + r0 * K, xs, rows * K, gamma);
-    at::Tensor o = out.narrow(0, r0, rows);
-    at::mm_out(o, view_of(xs, rows, K, x.options()), wt);
+    gemm_nn<T>(rows, N, K, xs, K, wtp, N, op + r0 * N, N, x.options());
     if (bp != nullptr || relu) bias_act(op + r0 * N, bp, rows, N, relu);
   });
 }
@@ -269,10 +270,10 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
       const int64_t r0 = blk * blk_rows, rows = std::min(blk_rows, B - r0);
       // dpre = dy ⊙ (out > 0); db_grp += Σ_rows dpre
       dpre_rows(dyp + r0 * N, outp + r0 * N, dprep, dbp + grp * N, rows, N);
-      const at::Tensor dpre = relu ? view_of(dprep, rows, N, opts) : dy.narrow(0, r0, rows);
+      const T* dpre_p = relu ? dprep : dyp + r0 * N;
+      const at::Tensor dpre = view_of(const_cast<T*>(dpre_p), rows, N, opts);
       // dxs = dpre · W, straight into dx's rows
-      at::Tensor dx_rows = dx.narrow(0, r0, rows);
-      at::mm_out(dx_rows, dpre, w);
+      gemm_nn<T>(rows, K, N, dpre_p, N, w.const_data_ptr<T>(), K, dxp + r0 * K, K, opts);
       // σ(g) recomputed; xs into the buffer; dg, and dx in place, from dxs
       gate_bwd(xp + r0 * K, gp + r0 * K, dxp + r0 * K, dgp + r0 * K, xsp, rows * K, gamma);
       // dW_grp += dpreᵀ · xs
