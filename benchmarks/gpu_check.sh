@@ -90,6 +90,10 @@ step bench_gated_linear 100 $PY -m pytest benchmarks/bench_gated_linear.py "${BE
   --benchmark-json="$OUT/bench_gated_linear.json"
 step bench_augru 90 $PY -m pytest benchmarks/bench_augru.py "${BENCH_ARGS[@]}" \
   -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}" --benchmark-json="$OUT/bench_augru.json"
+# DIN's attention: on a GPU the op runs its eager factored form (no GPU kernel), against the
+# literal 4D concat ("eager") — one shape (~10 s).
+step bench_din_attention 25 $PY -m pytest benchmarks/bench_din_attention.py "${BENCH_ARGS[@]}" \
+  -k "B2048-T50-D36" --benchmark-json="$OUT/bench_din_attention.json"
 # Model level (issue 8): DIN/DIEN training steps, fused vs reference vs DeepCTR-Torch (skipped
 # unless installed), at B=2048 and B=8192, plus the peak-memory case (~60–90 s, mostly Triton's
 # first compiles).
@@ -102,7 +106,7 @@ step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 
 # 6. Summary.
 : >"$OUT/summary.md"
-for j in "$OUT"/bench_gated_linear.json "$OUT"/bench_augru.json; do
+for j in "$OUT"/bench_gated_linear.json "$OUT"/bench_augru.json "$OUT"/bench_din_attention.json; do
   [ -s "$j" ] && $PY benchmarks/report.py "$j" --title "$(basename "$j" .json) on $(sed -n 3p "$OUT/env.txt" | cut -d'|' -f4 | xargs)" >>"$OUT/summary.md" 2>>"$OUT/steps.txt"
 done
 { echo; echo "## Steps"; echo; sed 's/^/    /' "$OUT/steps.txt"; echo; echo "## Environment"; echo

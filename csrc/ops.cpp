@@ -54,6 +54,22 @@ TORCH_LIBRARY(udg_fast, m) {
       "din_attention_backward(Tensor grad_scores, Tensor query, Tensor keys, Tensor idx, "
       "Tensor acts, Tensor fc1_weight, Tensor[] weights, str activation) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[])");
+
+  // The UDG gating networks GN^(l) of all L layers (Eq. 6), see udg_fast/ops/gating_networks.py:
+  //   g_l = W3_l ReLU(ReLU(u W1_lᵀ + b1_l) W2_l + b2_l) + b3_l   (logits; σ is in gated_linear)
+  // u: [B, Du]; fc1_weight: [L·H, Du] (the first layers stacked); fc1_bias: [L·H];
+  // fc2_weight: [L, H, H] (x @ W layout); fc2_bias: [L, 1, H]; fc3_weights[l]: [K_l, H];
+  // fc3_biases[l]: [K_l]. Returns (logits [B, K_l] per layer, a1 [B, L·H], a2 [B, L·H]: the
+  // hidden activations, saved for the backward). CPU only, as din_attention.
+  m.def(
+      "gating_networks(Tensor u, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
+      "Tensor fc2_bias, Tensor[] fc3_weights, Tensor[] fc3_biases) -> (Tensor[], Tensor, Tensor)");
+  // Backward of gating_networks from its saved a1, a2. Returns (grad_u, grad_fc1_weight,
+  // grad_fc1_bias, grad_fc2_weight, grad_fc2_bias, grad_fc3_weights, grad_fc3_biases).
+  m.def(
+      "gating_networks_backward(Tensor[] grad_logits, Tensor u, Tensor a1, Tensor a2, "
+      "Tensor fc1_weight, Tensor fc2_weight, Tensor[] fc3_weights) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[])");
 }
 
 namespace {

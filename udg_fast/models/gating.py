@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from udg_fast.ops.gating_networks import gating_networks
 
 
 class GatingNetworks(nn.Module):
@@ -17,10 +18,9 @@ class GatingNetworks(nn.Module):
     kernel (Eq. 7).
 
     All gates read the same input u = Concat(e_item, e_behv, e_UDG), so their first layers are
-    stacked into one `[L·H, D_u]` weight and run as one GEMM; the second layers (all `[H, H]`) run
-    as one batched GEMM (`baddbmm` over L); only the third layers, whose widths are the input
-    widths of the MLP layers and differ, are a loop over the L (≤ 4) layers. The parameters are
-    exactly those of L separate 3-layer networks:
+    stacked into one `[L·H, D_u]` weight, the second layers are one `[L, H, H]` parameter, and all
+    L networks run as one fused op (`udg_fast.ops.gating_networks`: the C++ kernel on CPU). The
+    parameters are exactly those of L separate 3-layer networks:
 
         L · (D_u·H + H) + L · (H·H + H) + Σ_l (H·K_l + K_l)
 
@@ -59,16 +59,12 @@ class GatingNetworks(nn.Module):
         return self.fc3
 
     def forward(self, u: torch.Tensor) -> list[torch.Tensor]:
-        H = self.hidden
-        a = F.relu(self.fc1(u))                                     # [B, L·H]
-        # Per layer, a column block of a (a strided view; MKL reads it in place) through its fc2
-        # and fc3. `split`/`unbind` rather than indexing: their backward is one cat/stack, where
-        # a[:, i] or a [L, B, H] transpose + a[i] (the earlier batched-baddbmm form) made autograd
-        # zero-fill and copy a full-size gradient per layer. DIN's gates (90 → 3 × 90 → 144, 256,
-        # 128), B = 2048, one thread, fwd + bwd: 22.2 → 20.8 ms.
-        w2, b2 = self.fc2_weight.to(a.dtype).unbind(0), self.fc2_bias.to(a.dtype).unbind(0)
-        return [fc3(F.relu(torch.addmm(b2[i], part, w2[i])))
-                for i, (part, fc3) in enumerate(zip(a.split(H, dim=1), self.fc3))]
+        """u `[B, D_u]` → L gate-logit tensors `[B, K_l]`, through `udg_fast.ops.gating_networks`
+        (the C++ kernel on CPU). Computed in u's dtype."""
+        dt = u.dtype
+        return gating_networks(u, self.fc1.weight.to(dt), self.fc1.bias.to(dt), self.fc2_weight.to(dt),
+                               self.fc2_bias.to(dt), [fc.weight.to(dt) for fc in self.fc3],
+                               [fc.bias.to(dt) for fc in self.fc3])
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, hidden={self.hidden}, out_dims={self.out_dims}"

@@ -10,5 +10,9 @@ from udg_fast.ops.naive import augru_reference  # noqa: E402
 from udg_fast.ops.din_attention import din_attention  # noqa: E402
 from udg_fast.ops.naive import din_attention_reference  # noqa: E402
 
+# gating_networks (the UDG gating networks, Eq. 6)
+from udg_fast.ops.gating_networks import gating_networks  # noqa: E402
+from udg_fast.ops.naive import gating_networks_reference  # noqa: E402
+
 __all__ = ["gated_linear", "gated_linear_reference", "augru", "augru_reference", "din_attention",
-           "din_attention_reference"]
+           "din_attention_reference", "gating_networks", "gating_networks_reference"]

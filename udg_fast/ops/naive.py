@@ -133,6 +133,30 @@ def din_attention_reference(
     return s if mask is None else torch.where(mask, s, torch.zeros_like(s))
 
 
+# ---- gating_networks (the UDG gating networks GN^(l), Eq. 6) --------------------------------
+
+def gating_networks_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases):
+    """The L gating networks of the UDG paper (Eq. 6) as L separate three-layer networks:
+
+        g_l = W3_l ReLU(ReLU(u W1_lᵀ + b1_l) W2_l + b2_l) + b3_l        (gate logits; Eq. 7's σ
+                                                                          is applied in gated_linear)
+    Args:
+        u: `[B, Du]` the gate input; fc1_weight: `[L·H, Du]` (network l in rows l·H …);
+        fc1_bias: `[L·H]`; fc2_weight: `[L, H, H]` (x @ W layout); fc2_bias: `[L, 1, H]`;
+        fc3_weights[l]: `[K_l, H]`; fc3_biases[l]: `[K_l]`.
+    Returns:
+        a list of L tensors `[B, K_l]`.
+    """
+    L, H = fc2_weight.shape[0], fc2_weight.shape[1]
+    out = []
+    for l in range(L):
+        rows = slice(l * H, (l + 1) * H)
+        a1 = torch.relu(F.linear(u, fc1_weight[rows], fc1_bias[rows]))
+        a2 = torch.relu(a1 @ fc2_weight[l] + fc2_bias[l])
+        out.append(F.linear(a2, fc3_weights[l], fc3_biases[l]))
+    return out
+
+
 # ---- double backward ------------------------------------------------------------------------------
 
 def reference_vjp(reference, args, grad_outputs, differentiable):

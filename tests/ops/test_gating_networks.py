@@ -1,0 +1,214 @@
+"""udg_fast.ops.gating_networks (the UDG gating networks GN^(l), Eq. 6, all L at once): every
+backend against L separate three-layer networks in float64, the gate logits and every gradient
+(u, fc1, fc2, each fc3), on odd shapes; many blocks and groups; float64 gradcheck; opcheck;
+torch.compile; determinism; NaN stays in its row; double backward; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import udg_fast
+from udg_fast.models.gating import GatingNetworks
+from udg_fast.ops import gating_networks, gating_networks_reference
+from udg_fast.ops.gating_networks import _gating_networks_eager
+
+from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
+
+FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+# (B, Du, H, K_l per network): one network to four, odd widths; the last two span several
+# 256-row blocks (and, with 2 threads, several groups of weight-gradient partials).
+CASES = [
+    (1, 1, 1, (1,)),
+    (3, 5, 7, (3, 11)),
+    (0, 4, 3, (2, 5)),
+    (17, 90, 90, (144, 256, 128)),
+    (33, 13, 6, (9, 4, 7, 1)),
+    (700, 90, 32, (172, 128, 128)),
+    (1031, 20, 9, (30, 1)),
+]
+
+
+def _ids(c):
+    return f"B{c[0]}-Du{c[1]}-H{c[2]}-K{'x'.join(map(str, c[3]))}"
+
+
+def _inputs(B, Du, H, ks, seed):
+    """float64 leaves: u, fc1 weight/bias, fc2 weight/bias, then the fc3 weights and biases."""
+    g = torch.Generator().manual_seed(seed)
+    L = len(ks)
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    return [r(B, Du), r(L * H, Du, scale=Du ** -0.5), r(L * H, scale=0.5), r(L, H, H, scale=H ** -0.5),
+            r(L, 1, H, scale=0.5), *[r(k, H, scale=H ** -0.5) for k in ks], *[r(k, scale=0.5) for k in ks]], g
+
+
+def _call(fn, ls, L):
+    return fn(ls[0], ls[1], ls[2], ls[3], ls[4], ls[5:5 + L], ls[5 + L:])
+
+
+def _run(fn, leaves, L, grads):
+    ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+    out = _call(fn, ls, L)
+    torch.autograd.backward(out, [g.to(o) for g, o in zip(grads, out)])
+    return [o.detach() for o in out], [t.grad for t in ls]
+
+
+def _check(backend, case, dtype, seed):
+    B, Du, H, ks = case
+    leaves, g = _inputs(B, Du, H, ks, seed)
+    grads = [torch.randn(B, k, generator=g, dtype=torch.float64) for k in ks]
+    device = device_for(backend)
+    leaves = [t.to(device) for t in leaves]
+    grads = [t.to(device) for t in grads]
+    L = len(ks)
+    with udg_fast.use_backend(backend):
+        out, dl = _run(gating_networks, [t.to(dtype) for t in leaves], L, grads)
+    with udg_fast.use_backend("reference"):
+        out64, dl64 = _run(gating_networks_reference, leaves, L, grads)
+        out32, dl32 = _run(gating_networks_reference, [t.to(dtype) for t in leaves], L, grads)
+    names = ([f"logits[{i}]" for i in range(L)] + ["du", "dfc1_weight", "dfc1_bias", "dfc2_weight", "dfc2_bias"]
+             + [f"dfc3_weights[{i}]" for i in range(L)] + [f"dfc3_biases[{i}]" for i in range(L)])
+    for name, fast, ref64, ref32 in zip(names, out + dl, out64 + dl64, out32 + dl32):
+        assert fast is not None, f"{name}: missing gradient"
+        assert fast.dtype == dtype, f"{name}: dtype {fast.dtype}"
+        assert_close_to_reference(f"[{backend}] {name}", fast, ref64, ref32, floor=FLOOR[dtype])
+
+
+def _skip_unless(backend):
+    st = udg_fast.backends()[backend]
+    if not st["usable"]:
+        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_matches_reference(backend, case):
+    _check(backend, case, torch.float32, seed=CASES.index(case))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", CASES[5:], ids=_ids)
+def test_cpu_block_and_group_boundaries(threads, case):
+    _skip_unless("cpu")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check("cpu", case, torch.float32, seed=100 + threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_cpu_float64_matches_reference():
+    _skip_unless("cpu")
+    for i, case in enumerate(CASES[:5]):
+        _check("cpu", case, torch.float64, seed=200 + i)
+
+
+def test_eager_form_matches_reference():
+    """The form the GPU backends and torch.compile run, on CPU."""
+    leaves, g = _inputs(6, 7, 5, (4, 9, 2), seed=7)
+    grads = [torch.randn(6, k, generator=g, dtype=torch.float64) for k in (4, 9, 2)]
+    out, dl = _run(_gating_networks_eager, leaves, 3, grads)
+    out64, dl64 = _run(gating_networks_reference, leaves, 3, grads)
+    for i, (a, b) in enumerate(zip(out + dl, out64 + dl64)):
+        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"tensor {i}: {m}")
+
+
+def test_gradcheck_float64_cpu():
+    _skip_unless("cpu")
+    leaves, _ = _inputs(3, 4, 3, (2, 5), seed=11)
+    leaves = [t.requires_grad_(True) for t in leaves]
+
+    def f(*ls):
+        with udg_fast.use_backend("cpu"):
+            return tuple(_call(gating_networks, ls, 2))
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_opcheck_cpp_op():
+    _skip_unless("cpu")
+    leaves, _ = _inputs(5, 6, 4, (3, 7), seed=12)
+    ls = [t.float().requires_grad_(True) for t in leaves]
+    args = (ls[0], ls[1], ls[2], ls[3], ls[4], ls[5:7], ls[7:])
+    torch.library.opcheck(torch.ops.udg_fast.gating_networks.default, args)
+
+
+def test_deterministic_and_nan_stays_in_its_row():
+    """Two runs give the same bits; a NaN in one row of u makes that row's logits and du NaN and
+    no other row's (as the eager form: the weight gradients, sums over rows, do get it)."""
+    _skip_unless("cpu")
+    leaves, g = _inputs(600, 10, 8, (6, 5), seed=14)
+    leaves = [t.float() for t in leaves]
+    leaves[0][3, 2] = float("nan")
+    grads = [torch.randn(600, k, generator=g, dtype=torch.float64) for k in (6, 5)]
+    with udg_fast.use_backend("cpu"):
+        o1, d1 = _run(gating_networks, leaves, 2, grads)
+        o2, d2 = _run(gating_networks, leaves, 2, grads)
+    for a, b in zip(o1 + d1, o2 + d2):  # the same bits, NaN where NaN (it reaches the weight sums)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    for o in o1:
+        assert torch.isnan(o[3]).all() and torch.isfinite(torch.cat([o[:3], o[4:]])).all()
+    assert torch.isfinite(torch.cat([d1[0][:3], d1[0][4:]])).all()
+
+
+def test_double_backward_matches_reference():
+    """create_graph=True (the cold-start meta-gradient flows through the gates): the op's gradient
+    is the reference's, itself differentiable."""
+    _skip_unless("cpu")
+    leaves, g = _inputs(4, 5, 3, (2, 4), seed=15)
+    us = [torch.randn(4, k, generator=g, dtype=torch.float64) for k in (2, 4)]
+
+    def second(fn):
+        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+        out = _call(fn, ls, 2)
+        first = torch.autograd.grad(sum((o * u).sum() for o, u in zip(out, us)), ls, create_graph=True)
+        second = torch.autograd.grad(sum((f ** 2).sum() for f in first), ls, allow_unused=True)
+        return [torch.zeros_like(t) if d is None else d for t, d in zip(ls, second)]
+
+    with udg_fast.use_backend("cpu"):
+        got = second(gating_networks)
+    want = second(gating_networks_reference)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"second-order grad {i}: {m}")
+
+
+def test_module_compiles_fullgraph():
+    _skip_unless("cpu")
+    torch.manual_seed(0)
+    gn = GatingNetworks(9, [5, 7, 3], hidden=6)
+    u = torch.randn(11, 9)
+    assert_compile_matches_eager("cpu", lambda m, u: torch.cat(m(u), 1), gn, u)
+
+
+def _ok():
+    leaves, _ = _inputs(2, 4, 3, (5, 6), seed=16)
+    ls = [t.float() for t in leaves]
+    return [ls[0], ls[1], ls[2], ls[3], ls[4], ls[5:7], ls[7:]]
+
+
+def _with(i, v):
+    a = _ok()
+    a[i] = v
+    return a
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    (_with(0, torch.randn(2, 4, 1)), ValueError, r"u must be \[B, Du\]"),
+    (_with(1, torch.randn(6, 5)), ValueError, r"fc1_weight must be \[L·H = 6, Du = 4\]"),
+    (_with(2, torch.randn(5)), ValueError, r"fc1_bias must be \[6\]"),
+    (_with(3, torch.randn(2, 3, 4)), ValueError, r"fc2_weight must be \[L, H, H\]"),
+    (_with(4, torch.randn(2, 3)), ValueError, r"fc2_bias must be \[2, 1, 3\]"),
+    (_with(5, [torch.randn(5, 3)]), ValueError, "must hold L = 2 tensors"),
+    (_with(5, [torch.randn(5, 4), torch.randn(6, 3)]), ValueError, r"fc3_weights\[0\] must be \[K, H = 3\]"),
+    (_with(6, [torch.randn(5), torch.randn(5)]), ValueError, r"fc3_biases\[1\] must be \[6\]"),
+    (_with(5, torch.randn(5, 3)), TypeError, "must be lists of tensors"),
+    (_with(1, torch.randn(6, 4).double()), TypeError, "fc1_weight has dtype torch.float64"),
+    (_with(0, torch.randn(2, 4).numpy()), TypeError, "u must be a torch.Tensor"),
+])
+def test_bad_input_names_the_argument(args, exc, match):
+    with pytest.raises(exc, match=match):
+        gating_networks(*args)
