@@ -340,8 +340,8 @@ def _median(xs: Sequence[float]) -> float:
 
 def run_interleaved(cases: Sequence[Case], rounds: int = 5,
                     timer: Callable[[], float] = time.perf_counter) -> list[dict]:
-    """Time `cases` (the providers of one row) in interleaved rounds: round r times one step of
-    every case in turn, so a burst of load from other processes on a shared machine hits all of
+    """Time `cases` (the providers of a model's base and UDG rows) in interleaved rounds: round r
+    times one step of every case in turn, so a burst of load from other processes on a shared machine hits all of
     them alike instead of whichever happened to run then. Median and min per case."""
     for c in cases:
         c.warmup()
@@ -511,6 +511,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--memory", action="store_true",
                    help="also measure the peak memory of one DIEN+UDG training step, fused vs reference")
+    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyper-parameter of the udg_fast models, e.g. --hp gate_hidden=32 (not DeepCTR's)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=_cmd_bench)
 
@@ -546,8 +548,10 @@ def _cmd_bench(args) -> int:
             if args.threads < 1:
                 raise BenchError(f"--threads must be a positive int, got {args.threads}")
             torch.set_num_threads(args.threads)
+        from udg_fast.data.cli import parse_pairs
         from udg_fast.train import resolve_device
 
+        hparams = parse_pairs(args.hp, "--hp")
         device = resolve_device(args.device)
     except (BenchError, ValueError) as e:
         return fail(str(e))
@@ -562,13 +566,19 @@ def _cmd_bench(args) -> int:
     timer = time.process_time if args.timer == "process" else time.perf_counter
     t0 = time.perf_counter()
     for mode in modes:
-        for m, u in variants(models_):
-            cases = [make_case(p, m, u, args.batch, args.hist_len, args.embed_dim, mode, device=device)
-                     for p in providers if not (p == "deepctr" and u)]
+        for m in models_:
+            # a model's base and UDG variants in one interleaved group: UDG / base compares steps
+            # taken in the same rounds (base PNN's step varied 19–34 ms between separate runs here)
+            try:
+                cases = [make_case(p, m, u, args.batch, args.hist_len, args.embed_dim, mode, device=device,
+                                   hparams=None if p == "deepctr" else hparams)
+                         for _, u in variants([m]) for p in providers if not (p == "deepctr" and u)]
+            except ValueError as e:  # a bad --hp (ModelError) names itself
+                return fail(str(e))
             for r in run_interleaved(cases, args.rounds, timer):
                 results.append(r)
                 extra = f", compile {r['setup_s']:.0f} s" if r["provider"] == "compile" else ""
-                print(f"  {mode:5s} {label(m, u):12s} {r['provider']:9s} {_ms(r):9.1f} ms/step{extra}",
+                print(f"  {mode:5s} {label(m, r['udg']):12s} {r['provider']:9s} {_ms(r):9.1f} ms/step{extra}",
                       file=sys.stderr, flush=True)
             del cases
     env = environment()
@@ -577,7 +587,8 @@ def _cmd_bench(args) -> int:
           f"{'wall clock' if args.timer == 'wall' else 'process time'}; "
           f"{env['cpu']}, torch {env['torch']}"
           + (f", deepctr-torch {env['deepctr_torch']}" if "deepctr_torch" in env else "")
-          + (f", load average {env['loadavg'][0]:.2f}" if "loadavg" in env else ""))
+          + (f", load average {env['loadavg'][0]:.2f}" if "loadavg" in env else "")
+          + (f"; hyper-parameters {hparams}" if hparams else ""))
     print(format_table(results))
     mem = []
     if args.memory:
@@ -592,7 +603,7 @@ def _cmd_bench(args) -> int:
     if args.json:
         from udg_fast.train import _atomic_write_text
 
-        _atomic_write_text(json.dumps({"environment": env, "results": results, "memory": mem,
+        _atomic_write_text(json.dumps({"environment": env, "hparams": hparams, "results": results, "memory": mem,
                                        "argv": sys.argv, "cwd": os.getcwd()}, indent=2, default=str) + "\n",
                            Path(args.json))
     return 0
