@@ -151,6 +151,18 @@ inline at::Tensor view_of(void* p, int64_t rows, int64_t cols, const at::TensorO
   return at::from_blob(p, {rows, cols}, opts);
 }
 
+// An argument check of the CPU ops: `t` is a CPU tensor of `dtype` (that of the op's first input,
+// `first`) with `dim` dimensions; the error names the op and the argument.
+inline void check_cpu_tensor(const char* op, const at::Tensor& t, const char* name,
+                             at::ScalarType dtype, const char* first, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), op, " (CPU): ", name, " must be a CPU tensor, got device ",
+              t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, " (CPU): ", name, " has dtype ", t.scalar_type(),
+              ", expected ", dtype, " (the dtype of ", first, ")");
+  TORCH_CHECK(t.dim() == dim, op, " (CPU): ", name, " must be ", dim, "-D, got shape ",
+              t.sizes());
+}
+
 // C[M, N] = A[M, K] · B[K, N], all row-major with leading dimensions lda, ldb, ldc (a block GEMM
 // inside a kernel, on one thread). float32: oneDNN's brgemm micro-kernel through ATen's cpublas
 // (public since torch 2.6; CPUBLAS_BRGEMM_F32F32F32 says this torch has it), which skips the

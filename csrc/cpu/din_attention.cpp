@@ -243,12 +243,7 @@ struct Net {
 };
 
 void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), "udg_fast::din_attention (CPU): ", name,
-              " must be a CPU tensor, got device ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "udg_fast::din_attention (CPU): ", name, " has dtype ",
-              t.scalar_type(), ", expected ", dtype, " (the dtype of query)");
-  TORCH_CHECK(t.dim() == dim, "udg_fast::din_attention (CPU): ", name, " must be ", dim,
-              "-D, got shape ", t.sizes());
+  check_cpu_tensor("udg_fast::din_attention", t, name, dtype, "query", dim);
 }
 
 Net make_net(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& idx,

@@ -110,12 +110,7 @@ struct Shapes {
 };
 
 void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), "udg_fast::gating_networks (CPU): ", name,
-              " must be a CPU tensor, got device ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "udg_fast::gating_networks (CPU): ", name, " has dtype ",
-              t.scalar_type(), ", expected ", dtype, " (the dtype of u)");
-  TORCH_CHECK(t.dim() == dim, "udg_fast::gating_networks (CPU): ", name, " must be ", dim,
-              "-D, got shape ", t.sizes());
+  check_cpu_tensor("udg_fast::gating_networks", t, name, dtype, "u", dim);
 }
 
 Shapes make_shapes(const at::Tensor& u, const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,

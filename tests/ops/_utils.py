@@ -1,6 +1,8 @@
 """Helpers shared by the op tests: backend parametrisation and reference comparison."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -19,6 +21,24 @@ def backend_params():
             marks.append(pytest.mark.skip(reason=f"backend {name!r} not usable: {status[name]['reason']}"))
         params.append(pytest.param(name, marks=marks, id=name))
     return params
+
+
+def skip_unless_usable(backend: str) -> None:
+    """Skip the calling test, with backends()'s reason, where `backend` cannot run here."""
+    st = udg_fast.backends()[backend]
+    if not st["usable"]:
+        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` inside the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def device_for(backend: str) -> torch.device:

@@ -15,7 +15,8 @@ import udg_fast
 from udg_fast import _backend
 from udg_fast.ops import augru, augru_reference
 
-from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
+from ._utils import (assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
+                     skip_unless_usable)
 
 # Absolute error floor (× max |reference|) per dtype, added to flash-attention's 2× rule.
 FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 1e-3}
@@ -34,11 +35,6 @@ TRITON_GRID = [(0, 7, 5), (1, 1, 1), (3, 7, 18), (17, 33, 36), (3, 33, 5), (17, 
 OPTIONS = [(True, True, True, True), (False, True, True, False), (True, False, False, True),
            (True, True, False, False), (False, False, True, True), (True, True, True, False)]
 
-
-def _skip_unless_usable(backend):
-    st = udg_fast.backends()[backend]
-    if not st["usable"]:
-        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
 
 
 def _grid_params():
@@ -136,7 +132,7 @@ def test_all_options(backend, options):
 def test_triton_chunked_kernels_match_reference(shape, options, monkeypatch):
     """The chunked Triton kernels (W streamed in K-chunks, for sizes past the on-chip limit or a
     device with too little shared memory) on small shapes, forced: outputs, h_n, every gradient."""
-    _skip_unless_usable("triton")
+    skip_unless_usable("triton")
     import udg_fast.kernels.augru as kernels
 
     monkeypatch.setattr(kernels, "_FORCE_CHUNKED", True)
@@ -145,7 +141,7 @@ def test_triton_chunked_kernels_match_reference(shape, options, monkeypatch):
 
 
 def test_cpu_float64_matches_reference():
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     for i, (B, T, H) in enumerate(GRID[::5]):
         _check_backend("cpu", B, T, INPUT_SIZES[i % 4], H, OPTIONS[i % len(OPTIONS)], torch.float64, seed=50 + i)
 
@@ -154,7 +150,7 @@ def test_cpu_float64_matches_reference():
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_gpu_half_precision(backend, dtype):
-    _skip_unless_usable(backend)
+    skip_unless_usable(backend)
     for i, (B, T, H) in enumerate(TRITON_GRID):
         _check_backend(backend, B, T, INPUT_SIZES[i % 4], H, OPTIONS[i % len(OPTIONS)], dtype, seed=300 + i)
 
@@ -306,7 +302,7 @@ def test_nan_stays_in_its_row_and_padding_is_not_read(backend):
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("gru_mode", [False, True], ids=["augru", "gru"])
 def test_gradcheck_float64(backend, gru_mode):
-    _skip_unless_usable(backend)
+    skip_unless_usable(backend)
     inputs, _ = _inputs(3, 4, 3, 2, att=not gru_mode, bias=not gru_mode, seed=5)
     inputs = list(inputs)
     inputs[6] = torch.tensor([4, 0, 2])
@@ -324,7 +320,7 @@ def test_gradcheck_float64(backend, gru_mode):
 
 
 def test_opcheck_cpp_op():
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     (x, w_ih, w_hh, b_ih, b_hh, att, lengths, h0), (go, ghn) = _inputs(5, 4, 3, 6, seed=6)
     x, w_ih, w_hh, b_ih, b_hh, att, h0, go, ghn = (t.float() for t in (x, w_ih, w_hh, b_ih, b_hh, att, h0, go, ghn))
     op = torch.ops.udg_fast.augru.default
@@ -340,7 +336,7 @@ def test_opcheck_cpp_op():
 @pytest.mark.cuda
 def test_opcheck_triton_op():
     """On CUDA only: opcheck traces the op with fake tensors, which the interpreter cannot run."""
-    _skip_unless_usable("triton")
+    skip_unless_usable("triton")
     d = torch.device("cuda")
     (x, w_ih, w_hh, b_ih, b_hh, att, lengths, h0), _ = _inputs(5, 4, 3, 6, seed=7)
     args = tuple(t.to(d) if i == 6 else t.to(device=d, dtype=torch.float32).requires_grad_(i in (0, 2, 5, 7))
@@ -358,7 +354,7 @@ def test_torch_compile_fullgraph(backend):
     """torch.compile(fullgraph=True) of a model using the op: no graph break, forward and backward.
     On CPU tensors this goes through the C++ op (compiling a Triton op on CPU tensors under the
     interpreter is not possible: fake tensors have no data pointer)."""
-    _skip_unless_usable(backend)
+    skip_unless_usable(backend)
     device = device_for(backend)
     torch.manual_seed(0)
     rnn = udg_fast.AUGRU(5, 6).to(device)
@@ -372,7 +368,7 @@ def test_cpu_every_instruction_set(isa, monkeypatch):
     """The C++ kernel is compiled per instruction set (vector width 64/32/16 bytes) and picks the
     best one the CPU has; UDG_FAST_CPU_ISA caps it, so each path runs on any x86 machine here
     (a cap above what the CPU has just runs the best available one)."""
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     monkeypatch.setenv("UDG_FAST_CPU_ISA", isa)
     for i, (B, T, H) in enumerate([(17, 7, 5), (40, 9, 18), (3, 33, 36)]):
         for dtype in (torch.float32, torch.float64):
@@ -380,7 +376,7 @@ def test_cpu_every_instruction_set(isa, monkeypatch):
 
 
 def test_cpu_rejects_unknown_instruction_set(monkeypatch):
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     monkeypatch.setenv("UDG_FAST_CPU_ISA", "avx1024")
     with pytest.raises(RuntimeError, match="UDG_FAST_CPU_ISA must be avx512, avx2 or baseline"):
         torch.ops.udg_fast.augru(*_ok().values())
@@ -388,7 +384,7 @@ def test_cpu_rejects_unknown_instruction_set(monkeypatch):
 
 def test_cpu_is_deterministic_across_runs_and_thread_counts():
     """Bitwise: the per-block partial sums are reduced in a fixed order, whatever the schedule."""
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     inputs64, grads = _inputs(70, 9, 6, 10, seed=8)
     inputs = _to(inputs64, torch.device("cpu"), torch.float32)
     grads = tuple(t.float() for t in grads)
@@ -482,7 +478,7 @@ def test_bad_input_names_the_argument(change, exc, match):
 
 def test_cpp_op_checks_lengths_itself():
     """The C++ op validates too (the Python check is skipped while torch.compile traces)."""
-    _skip_unless_usable("cpu")
+    skip_unless_usable("cpu")
     kw = _ok()
     kw["lengths"] = torch.tensor([4, 9, 2])
     with pytest.raises(RuntimeError, match=r"lengths must be in \[0, T\]"):

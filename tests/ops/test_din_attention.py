@@ -13,7 +13,8 @@ from udg_fast.models.din import AttentionUnit
 from udg_fast.ops import din_attention, din_attention_reference
 from udg_fast.ops.din_attention import _activation, _din_attention_eager
 
-from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
+from ._utils import (assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
+                     skip_unless_usable, torch_threads)
 
 FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
 GRAD_NAMES = ["dquery", "dkeys", "dfc1_weight", "dfc1_bias"]
@@ -107,17 +108,13 @@ def test_matches_reference(backend, case):
 @pytest.mark.parametrize("case", [CASES[3], CASES[8], CASES[9]], ids=_ids)
 def test_cpu_block_and_group_boundaries(threads, case):
     """The C++ kernel with 1 and 2 threads (2 → 4 groups of weight-gradient partials)."""
-    _skip_unless("cpu")
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    skip_unless_usable("cpu")
+    with torch_threads(threads):
         _check("cpu", case, torch.float32, seed=100 + threads)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_cpu_float64_matches_reference():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     for i, case in enumerate(CASES[:6]):
         _check("cpu", case, torch.float64, seed=200 + i)
 
@@ -137,14 +134,9 @@ def test_eager_factored_form_matches_reference(masked):
             torch.testing.assert_close(a, b, msg=lambda m, i=i: f"{act} grad {i}: {m}")
 
 
-def _skip_unless(backend):
-    st = udg_fast.backends()[backend]
-    if not st["usable"]:
-        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
-
 
 def test_gradcheck_float64_cpu():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     B, T, D, hidden = 3, 4, 2, (3, 2)
     leaves, g = _inputs(B, T, D, hidden, seed=11)
     mask = _mask("random", B, T, g)
@@ -158,7 +150,7 @@ def test_gradcheck_float64_cpu():
 
 
 def test_opcheck_cpp_op():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     B, T, D, hidden = 3, 5, 4, (6, 3)
     leaves, g = _inputs(B, T, D, hidden, seed=12)
     q, k, w1, b1, *params = [t.float().requires_grad_(True) for t in leaves]
@@ -168,7 +160,7 @@ def test_opcheck_cpp_op():
 
 
 def test_cpp_op_checks_its_arguments():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     B, T, D, hidden = 2, 3, 4, (5,)
     leaves, _ = _inputs(B, T, D, hidden, seed=13)
     q, k, w1, b1, w, b = [t.float() for t in leaves]
@@ -186,7 +178,7 @@ def test_cpp_op_checks_its_arguments():
 def test_deterministic_and_nan_at_padded_steps_stays_there():
     """Two runs give the same bits; a NaN key at a padded step reaches no score and no gradient
     (the kernel never reads padded steps; its dk there is exactly 0)."""
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     B, T, D, hidden = 40, 30, 8, (16, 8)
     leaves, g = _inputs(B, T, D, hidden, seed=14)
     mask = _mask("prefix", B, T, g)
@@ -204,7 +196,7 @@ def test_deterministic_and_nan_at_padded_steps_stays_there():
 
 def test_double_backward_matches_reference():
     """create_graph=True: the op's gradient is the reference's, itself differentiable."""
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     B, T, D, hidden = 4, 6, 3, (5, 4)
     leaves, g = _inputs(B, T, D, hidden, seed=15)
     mask = _mask("random", B, T, g)
@@ -228,7 +220,7 @@ def test_double_backward_matches_reference():
 def test_attention_unit_compiles_fullgraph():
     """torch.compile runs the unit through the eager factored form (static shapes), no graph
     break; output and gradients equal the eager (C++) run."""
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     torch.manual_seed(0)
     unit = AttentionUnit(6, (8, 4), "sigmoid")
     q, k = torch.randn(5, 6), torch.randn(5, 7, 6)

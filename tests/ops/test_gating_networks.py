@@ -12,7 +12,8 @@ from udg_fast.models.gating import GatingNetworks
 from udg_fast.ops import gating_networks, gating_networks_reference
 from udg_fast.ops.gating_networks import _gating_networks_eager
 
-from ._utils import assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for
+from ._utils import (assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
+                     skip_unless_usable, torch_threads)
 
 FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
 
@@ -77,11 +78,6 @@ def _check(backend, case, dtype, seed):
         assert_close_to_reference(f"[{backend}] {name}", fast, ref64, ref32, floor=FLOOR[dtype])
 
 
-def _skip_unless(backend):
-    st = udg_fast.backends()[backend]
-    if not st["usable"]:
-        pytest.skip(f"backend {backend!r} not usable: {st['reason']}")
-
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
@@ -92,17 +88,13 @@ def test_matches_reference(backend, case):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", CASES[5:], ids=_ids)
 def test_cpu_block_and_group_boundaries(threads, case):
-    _skip_unless("cpu")
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    skip_unless_usable("cpu")
+    with torch_threads(threads):
         _check("cpu", case, torch.float32, seed=100 + threads)
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_cpu_float64_matches_reference():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     for i, case in enumerate(CASES[:5]):
         _check("cpu", case, torch.float64, seed=200 + i)
 
@@ -118,7 +110,7 @@ def test_eager_form_matches_reference():
 
 
 def test_gradcheck_float64_cpu():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     leaves, _ = _inputs(3, 4, 3, (2, 5), seed=11)
     leaves = [t.requires_grad_(True) for t in leaves]
 
@@ -130,7 +122,7 @@ def test_gradcheck_float64_cpu():
 
 
 def test_opcheck_cpp_op():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     leaves, _ = _inputs(5, 6, 4, (3, 7), seed=12)
     ls = [t.float().requires_grad_(True) for t in leaves]
     args = (ls[0], ls[1], ls[2], ls[3], ls[4], ls[5:7], ls[7:])
@@ -140,7 +132,7 @@ def test_opcheck_cpp_op():
 def test_deterministic_and_nan_stays_in_its_row():
     """Two runs give the same bits; a NaN in one row of u makes that row's logits and du NaN and
     no other row's (as the eager form: the weight gradients, sums over rows, do get it)."""
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     leaves, g = _inputs(600, 10, 8, (6, 5), seed=14)
     leaves = [t.float() for t in leaves]
     leaves[0][3, 2] = float("nan")
@@ -158,7 +150,7 @@ def test_deterministic_and_nan_stays_in_its_row():
 def test_double_backward_matches_reference():
     """create_graph=True (the cold-start meta-gradient flows through the gates): the op's gradient
     is the reference's, itself differentiable."""
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     leaves, g = _inputs(4, 5, 3, (2, 4), seed=15)
     us = [torch.randn(4, k, generator=g, dtype=torch.float64) for k in (2, 4)]
 
@@ -177,7 +169,7 @@ def test_double_backward_matches_reference():
 
 
 def test_module_compiles_fullgraph():
-    _skip_unless("cpu")
+    skip_unless_usable("cpu")
     torch.manual_seed(0)
     gn = GatingNetworks(9, [5, 7, 3], hidden=6)
     u = torch.randn(11, 9)
