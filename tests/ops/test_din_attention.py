@@ -2,7 +2,7 @@
 4D-concat reference in float64, the scores and every gradient (query, keys, fc1, every later
 layer), on odd shapes with random masks (empty and full rows, non-prefix patterns, no mask);
 many blocks and groups; float64 gradcheck; opcheck; torch.compile; determinism; a NaN at a padded
-step stays there; double backward; bad input."""
+step stays there; bad input (double backward: test_double_backward.py)."""
 from __future__ import annotations
 
 import pytest
@@ -192,29 +192,6 @@ def test_deterministic_and_nan_at_padded_steps_stays_there():
     assert torch.isfinite(s1).all()
     assert all(torch.isfinite(t).all() for i, t in enumerate(g1) if i != 1)
     assert torch.isfinite(g1[1][mask]).all() and (g1[1][~mask] == 0).all()
-
-
-def test_double_backward_matches_reference():
-    """create_graph=True: the op's gradient is the reference's, itself differentiable."""
-    skip_unless_usable("cpu")
-    B, T, D, hidden = 4, 6, 3, (5, 4)
-    leaves, g = _inputs(B, T, D, hidden, seed=15)
-    mask = _mask("random", B, T, g)
-    u = torch.randn(B, T, generator=g, dtype=torch.float64)
-
-    def second(fn):
-        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
-        s = fn(ls[0], ls[1], mask, ls[2], ls[3], ls[4:6], ls[6:], "sigmoid")
-        first = torch.autograd.grad((s * u).sum(), ls, create_graph=True)
-        second = torch.autograd.grad(sum((f ** 2).sum() for f in first), ls, allow_unused=True)
-        # (the score bias enters no first-order gradient: its second-order term is 0)
-        return [torch.zeros_like(t) if d is None else d for t, d in zip(ls, second)]
-
-    with udg_fast.use_backend("cpu"):
-        got = second(din_attention)
-    want = second(din_attention_reference)
-    for i, (a, b) in enumerate(zip(got, want)):
-        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"second-order grad {i}: {m}")
 
 
 def test_attention_unit_compiles_fullgraph():

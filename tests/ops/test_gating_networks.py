@@ -1,7 +1,8 @@
 """udg_fast.ops.gating_networks (the UDG gating networks GN^(l), Eq. 6, all L at once): every
 backend against L separate three-layer networks in float64, the gate logits and every gradient
 (u, fc1, fc2, each fc3), on odd shapes; many blocks and groups; float64 gradcheck; opcheck;
-torch.compile; determinism; NaN stays in its row; double backward; bad input."""
+torch.compile; determinism; NaN stays in its row; bad input (double backward:
+test_double_backward.py)."""
 from __future__ import annotations
 
 import pytest
@@ -145,27 +146,6 @@ def test_deterministic_and_nan_stays_in_its_row():
     for o in o1:
         assert torch.isnan(o[3]).all() and torch.isfinite(torch.cat([o[:3], o[4:]])).all()
     assert torch.isfinite(torch.cat([d1[0][:3], d1[0][4:]])).all()
-
-
-def test_double_backward_matches_reference():
-    """create_graph=True (the cold-start meta-gradient flows through the gates): the op's gradient
-    is the reference's, itself differentiable."""
-    skip_unless_usable("cpu")
-    leaves, g = _inputs(4, 5, 3, (2, 4), seed=15)
-    us = [torch.randn(4, k, generator=g, dtype=torch.float64) for k in (2, 4)]
-
-    def second(fn):
-        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
-        out = _call(fn, ls, 2)
-        first = torch.autograd.grad(sum((o * u).sum() for o, u in zip(out, us)), ls, create_graph=True)
-        second = torch.autograd.grad(sum((f ** 2).sum() for f in first), ls, allow_unused=True)
-        return [torch.zeros_like(t) if d is None else d for t, d in zip(ls, second)]
-
-    with udg_fast.use_backend("cpu"):
-        got = second(gating_networks)
-    want = second(gating_networks_reference)
-    for i, (a, b) in enumerate(zip(got, want)):
-        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"second-order grad {i}: {m}")
 
 
 def test_module_compiles_fullgraph():
