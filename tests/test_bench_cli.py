@@ -144,12 +144,28 @@ def test_cli_writes_json(tmp_path, capsys):
     assert data["environment"]["torch"] == torch.__version__
 
 
+def test_cli_hp_reaches_the_udg_fast_models(tmp_path, capsys):
+    """--hp gate_hidden=3 builds the UDG model with 3-wide gate networks (fewer parameters)."""
+    runs = {}
+    for hp in ([], ["--hp", "gate_hidden=3"]):
+        path = tmp_path / f"r{len(hp)}.json"
+        assert cli.main(["bench", "--models", "pnn", "--providers", "fused", "--batch", "8", "--hist-len", "4",
+                         "--embed-dim", "4", "--rounds", "1", "--json", str(path), *hp]) == 0
+        import json
+
+        runs[len(hp)] = {r["udg"]: r["parameters"] for r in json.loads(path.read_text())["results"]}
+    assert runs[2][False] == runs[0][False] and runs[2][True] < runs[0][True]
+    assert "hyper-parameters {'gate_hidden': 3}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--models", "xgboost"], "unknown model 'xgboost'"),
     (["--providers", "tf"], "unknown provider 'tf'"),
     (["--modes", "serve"], "unknown mode 'serve'"),
     (["--batch", "0"], "--batch must be a positive int"),
     (["--threads", "0"], "--threads must be a positive int"),
+    (["--hp", "gate_hidden"], "--hp 'gate_hidden' is not KEY=VALUE"),
+    (["--models", "pnn", "--hp", "gate_hiden=3", "--providers", "fused"], "unknown hyper-parameter(s) 'gate_hiden'"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--batch", "-1"], ""),
 ])
 def test_cli_bad_input(argv, msg, capsys):
