@@ -13,7 +13,7 @@ Every fast form uses two exact rewrites (tests compare them with the literal con
 
 so the q term is one `[B, h1]` GEMM per sample instead of per step, and the per-step GEMM has
 2D inputs instead of 4D; and only the valid steps are scored (ml-100k histories: 59 % of the
-padded steps are valid; the synthetic benchmark batches: 51 %).
+steps are valid, the rest padding; the synthetic benchmark batches: 51 %).
 
 Backends (udg_fast/_backend.py picks one):
     reference  naive.din_attention_reference: the literal 4D concat on every step, then masked
