@@ -291,21 +291,3 @@ def test_lookup_backward_equals_nn_embedding():
     w = table.weight.detach().clone().requires_grad_(True)
     ids = torch.randint(0, 13, (4, 6))
     assert torch.autograd.gradgradcheck(lambda w: _Lookup.apply(w, ids, 0) ** 2, (w,))
-
-
-def test_weighted_sum_equals_bmm_and_is_twice_differentiable():
-    from udg_fast.models.embedding import weighted_sum
-
-    torch.manual_seed(1)
-    w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(5, 7, 3, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(5, 3, dtype=torch.float64)
-    got = torch.autograd.grad(weighted_sum(w, x), [w, x], g)
-    want = torch.autograd.grad(torch.bmm(w.unsqueeze(1), x).squeeze(1), [w, x], g)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b)
-    assert torch.autograd.gradgradcheck(weighted_sum, (w, x))
-    # only the gradient asked for is formed (the masked mean's weights need none)
-    x2 = x.detach().requires_grad_(True)
-    (gx,) = torch.autograd.grad(weighted_sum(w.detach(), x2).sum(), [x2])
-    torch.testing.assert_close(gx, w.detach().unsqueeze(2).expand_as(x2))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from udg_fast.data import Schema
-from udg_fast.models.embedding import DEFAULT_INIT_STD, FieldEmbedding, init_embedding_, weighted_sum
+from udg_fast.models.embedding import DEFAULT_INIT_STD, FieldEmbedding, init_embedding_
 from udg_fast.models.gating import GatingNetworks
 from udg_fast.models.mlp import GatedMLP
 
@@ -231,7 +231,7 @@ class CTRModel(nn.Module):
         if self.hparams["pooling"] == "mean":
             w = w / lengths.clamp_min(1).unsqueeze(1).to(hist.dtype)
         # masked pooling: padded steps get weight 0, whatever ids they hold
-        behv = weighted_sum(w, hist).view(hist.shape[0], len(steps), self.embed_dim)
+        behv = torch.bmm(w.unsqueeze(1), hist).view(hist.shape[0], len(steps), self.embed_dim)
         item = self._stack(self.item_fields, batch)
         query = item[:, [self.item_fields.index(k) for k in self.query_fields]].flatten(1)
         return Embedded(user=self._stack(self.user_fields, batch), item=item, hist=hist, behv=behv,

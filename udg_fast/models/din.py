@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from udg_fast.models.base import CTRModel, Embedded, ModelError
-from udg_fast.models.embedding import weighted_sum
 from udg_fast.ops.din_attention import _din_attention_eager, din_attention
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "prelu": None}
@@ -110,4 +109,4 @@ class DIN(CTRModel):
 
     def middle(self, e: Embedded, batch, aux: bool):
         w = attention_weights(self.attention(e.query, e.hist, e.mask), e.mask, self.hparams["att_norm"])
-        return weighted_sum(w.to(e.hist.dtype), e.hist), None
+        return torch.bmm(w.unsqueeze(1).to(e.hist.dtype), e.hist).squeeze(1), None
