@@ -272,22 +272,30 @@ def test_a_batch_missing_a_field_names_it(synth, batch):
 # ---- the embedding lookup's backward ----------------------------------------------------------
 
 def test_lookup_backward_equals_nn_embedding():
-    """`lookup` (index_put accumulation) gives nn.Embedding's gradient: repeated ids summed, the
-    padding row 0, any id shape; and its backward is differentiable (cold start's meta-gradient)."""
+    """`lookup` (index_put_ accumulation on one thread, index_add_ on more) gives nn.Embedding's
+    gradient: repeated ids summed, the padding row 0, any id shape; and its backward is
+    differentiable (cold start's meta-gradient)."""
     from udg_fast.models.embedding import _Lookup, lookup
 
     torch.manual_seed(0)
     table = torch.nn.Embedding(13, 5, padding_idx=0).double()
-    for shape in [(7,), (4, 9), (2, 3, 6)]:
-        ids = torch.randint(0, 13, shape)
-        ids.view(-1)[:3] = torch.tensor([0, 4, 4])  # padding and a repeated id
-        g = torch.randn(*shape, 5, dtype=torch.float64)
-        out = lookup(table, ids)
-        torch.testing.assert_close(out, table(ids), rtol=0, atol=0)
-        got = torch.autograd.grad(out, table.weight, g)[0]
-        want = torch.autograd.grad(table(ids), table.weight, g)[0]
-        torch.testing.assert_close(got, want)
-        assert (got[0] == 0).all()
+    old_threads = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for shape in [(7,), (4, 9), (2, 3, 6)]:
+                ids = torch.randint(0, 13, shape)
+                ids.view(-1)[:3] = torch.tensor([0, 4, 4])  # padding and a repeated id
+                g = torch.randn(*shape, 5, dtype=torch.float64)
+                out = lookup(table, ids)
+                torch.testing.assert_close(out, table(ids), rtol=0, atol=0)
+                got = torch.autograd.grad(out, table.weight, g)[0]
+                want = torch.autograd.grad(table(ids), table.weight, g)[0]
+                torch.testing.assert_close(got, want, msg=lambda m: f"{threads} thread(s): {m}")
+                assert (got[0] == 0).all()
+    finally:
+        torch.set_num_threads(old_threads)
     w = table.weight.detach().clone().requires_grad_(True)
     ids = torch.randint(0, 13, (4, 6))
-    assert torch.autograd.gradgradcheck(lambda w: _Lookup.apply(w, ids, 0) ** 2, (w,))
+    for index_add in (False, True):
+        assert torch.autograd.gradgradcheck(lambda w: _Lookup.apply(w, ids, 0, index_add) ** 2, (w,))
