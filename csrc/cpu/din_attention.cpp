@@ -50,6 +50,7 @@ using namespace detail;
 // 80 → 40 that is ~520 floats, so 512 steps are ~1 MiB (Zen 4's L2 per core).
 constexpr int64_t kBlockRows = 512;
 constexpr int64_t kGroupsPerThread = 2;
+constexpr int64_t kSumRows = 64;  // rows per partial column sum of a bias gradient (see backward)
 
 enum class Act { kSigmoid, kRelu };
 
@@ -398,8 +399,8 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
   const int64_t nblk = blk.count(), ngroup = partials.size(0);
   const int64_t R = blk.max_rows, P = partials.size(1), h1 = net.h[0];
   // scratch: ds (R), two activation-gradient buffers (R × h_max each), the gathered rows and
-  // their gradient (R × 2D each), a block's bias-gradient column sums (h_max)
-  const int64_t scratch = R + 2 * R * net.max_h + 4 * R * D + net.max_h;
+  // their gradient (R × 2D each), bias-gradient column sums of a block and of a chunk (h_max each)
+  const int64_t scratch = R + 2 * R * net.max_h + 4 * R * D + 2 * net.max_h;
   parallel_items<T>(ngroup, threads, scratch, [&](int64_t grp, T* buf) {
     T* ds = buf;
     T* cur = ds + R;
@@ -407,10 +408,21 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
     T* x = nxt + R * net.max_h;
     T* dx = x + 2 * R * D;
     T* colsum = dx + 2 * R * D;
-    // Bias gradients are summed per block, then added to the group's partial: a sum over ≤ ~512
-    // rows, then over blocks, not one running sum over all the group's rows (whose rounding error
-    // grows with N: 9e-6 against eager's 1.3e-6 at N = 7.5k, float32, before this).
-    auto add_block_colsum = [&](T* db, int64_t n) { add_inplace(db, colsum, n); };
+    T* sub = colsum + net.max_h;
+    // Bias gradients are summed in three levels — chunks of kSumRows rows, the block, the group's
+    // partial (then the groups, in order) — not in one running sum, whose float32 rounding error
+    // grows with the rows it covers (one sum per group: 9e-6 against eager's 1.3e-6 at 7.5k rows;
+    // one per block: 3.4e-5 against 2.7e-7 for a 4-thread split of 4k rows).
+    // pass(c0, cr, sub) writes the column sums of rows [c0, c0 + cr) into sub.
+    auto bias_grad = [&](T* db, int64_t rows, int64_t n, const auto& pass) {
+      std::fill(colsum, colsum + n, T(0));
+      for (int64_t c0 = 0; c0 < rows; c0 += kSumRows) {
+        std::fill(sub, sub + n, T(0));
+        pass(c0, std::min(kSumRows, rows - c0), sub);
+        add_inplace(colsum, sub, n);
+      }
+      add_inplace(db, colsum, n);
+    };
     T* part = partials.mutable_data_ptr<T>() + grp * P;
     const int64_t blk_begin = grp * nblk / ngroup, blk_end = (grp + 1) * nblk / ngroup;
     for (int64_t i = blk_begin; i < blk_end; ++i) {
@@ -420,22 +432,19 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
       std::fill(dqtp + b0 * h1, dqtp + b1 * h1, T(0));
       std::fill(dqp + b0 * D, dqp + b1 * D, T(0));
       if (rows > 0) {
-        // the score layer: dw_out += dsᵀ a_L, db_out += Σ ds; dA_L = ds ⊗ w_out ⊙ act'(a_L)
-        // (its column sums are the bias gradient of the layer that produced a_L)
+        // the score layer: dw_out += dsᵀ a_L; dA_L = ds ⊗ w_out ⊙ act'(a_L) (its column sums are
+        // the bias gradient of the layer that produced a_L). db_out = Σ ds is one ATen sum at the
+        // end (a scalar over all N rows: summed here per block in float32 it missed eager's
+        // accuracy, 3.2e-6 against 8.5e-7 at 4k rows).
         const int64_t hL = net.h[L - 1];
         const T* aL = ap + net.off[L - 1] + r0 * hL;
-        T dsum = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          ds[r] = gp[bix[r]];
-          dsum += ds[r];
-        }
-        part[off[2 * (L - 1) + 1]] += dsum;
+        for (int64_t r = 0; r < rows; ++r) ds[r] = gp[bix[r]];
         at::Tensor dwo = view_of(part + off[2 * (L - 1)], 1, hL, opts);
         dwo.addmm_(view_of(ds, rows, 1, opts).t(), view_of(const_cast<T*>(aL), rows, hL, opts));
         if (L > 1) {
-          std::fill(colsum, colsum + hL, T(0));
-          dact_score(cur, ds, w_out, aL, colsum, rows, hL, sigm);
-          add_block_colsum(part + off[2 * (L - 2) + 1], hL);
+          bias_grad(part + off[2 * (L - 2) + 1], rows, hL, [&](int64_t c0, int64_t cr, T* cs) {
+            dact_score(cur + c0 * hL, ds + c0, w_out, aL + c0 * hL, cs, cr, hL, sigm);
+          });
         } else {
           // one hidden layer: a_L is a_1, whose bias is fc1's (summed per sample into dqterm)
           for (int64_t r = 0; r < rows; ++r) {
@@ -453,9 +462,9 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
           dwl.addmm_(da_t.t(), view_of(const_cast<T*>(a_prev), rows, hp, opts));
           gemm_nn<T>(rows, hp, hl, cur, hl, net.w[l - 1].const_data_ptr<T>(), hp, nxt, hp, opts);
           if (l > 1) {
-            std::fill(colsum, colsum + hp, T(0));
-            dact_bias(nxt, a_prev, colsum, rows, hp, sigm);
-            add_block_colsum(part + off[2 * (l - 2) + 1], hp);
+            bias_grad(part + off[2 * (l - 2) + 1], rows, hp, [&](int64_t c0, int64_t cr, T* cs) {
+              dact_bias(nxt + c0 * hp, a_prev + c0 * hp, cs, cr, hp, sigm);
+            });
           } else {
             dact_qterm(nxt, a_prev, dqtp, bix, T_, rows, hp, sigm);
           }
@@ -532,7 +541,7 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
               "must hold N·Σh = ", net.N * net.sum_h, " values (the forward's), got ", acts.size(0));
   const int64_t D = net.D, h1 = net.h[0], L = static_cast<int64_t>(net.h.size());
   // Each group's partial: dW_kp [h1, 2D] at 0, then for weights[l] its dW at off[2l] and its db
-  // at off[2l + 1].
+  // at off[2l + 1] (the score layer's db slot stays 0: that sum is taken at the end).
   std::vector<int64_t> off;
   int64_t P = h1 * 2 * D;
   for (const auto& w : net.w) {
@@ -585,6 +594,8 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
     dws.push_back(total.narrow(0, off[2 * l], w.numel()).view(w.sizes()));
     dbs.push_back(total.narrow(0, off[2 * l + 1], w.size(0)));
   }
+  // the score bias: Σ of grad_scores over the valid steps, one pairwise ATen sum
+  dbs.back() = gc.reshape({-1}).index_select(0, ic).sum().reshape({1});
   return {dq, dk, dw1, dqterm.sum(0), dws, dbs};
 }
 

@@ -104,10 +104,11 @@ def test_matches_reference(backend, case):
     _check(backend, case, torch.float32, seed=CASES.index(case))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("case", [CASES[3], CASES[8], CASES[9]], ids=_ids)
 def test_cpu_block_and_group_boundaries(threads, case):
-    """The C++ kernel with 1 and 2 threads (2 → 4 groups of weight-gradient partials)."""
+    """The C++ kernel with 1, 2 and 4 threads (2 and 4 groups of weight-gradient partials per thread
+    count, blocks handed out dynamically)."""
     skip_unless_usable("cpu")
     with torch_threads(threads):
         _check("cpu", case, torch.float32, seed=100 + threads)

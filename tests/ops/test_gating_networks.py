@@ -86,7 +86,7 @@ def test_matches_reference(backend, case):
     _check(backend, case, torch.float32, seed=CASES.index(case))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize("case", CASES[5:], ids=_ids)
 def test_cpu_block_and_group_boundaries(threads, case):
     skip_unless_usable("cpu")
