@@ -69,6 +69,15 @@ def assert_close_to_reference(name, fast, ref64, ref_same_precision, *, floor):
         f"(2 × eager same-precision error {err_same:.3e} + {floor:g} × {scale:.3g})")
 
 
+def assert_all_close_to_reference(backend, names, fast, ref64, ref_same_precision, *, floor, dtype=None):
+    """`assert_close_to_reference` for every tensor of an op's outputs and gradients, each present
+    (and of `dtype` when given)."""
+    for name, f, r64, r32 in zip(names, fast, ref64, ref_same_precision, strict=True):
+        assert f is not None, f"[{backend}] {name}: missing gradient"
+        assert dtype is None or f.dtype == dtype, f"[{backend}] {name}: dtype {f.dtype}, expected {dtype}"
+        assert_close_to_reference(f"[{backend}] {name}", f, r64, r32, floor=floor)
+
+
 def assert_compile_matches_eager(backend, fn, module, *inputs):
     """torch.compile(fullgraph=True) of `fn(module, *inputs)` on `backend`: no graph break, and the
     compiled output and the gradients of every parameter of `module` and of every floating input

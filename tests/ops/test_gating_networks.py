@@ -13,7 +13,7 @@ from udg_fast.models.gating import GatingNetworks
 from udg_fast.ops import gating_networks, gating_networks_reference
 from udg_fast.ops.gating_networks import _gating_networks_eager
 
-from ._utils import (assert_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
+from ._utils import (assert_all_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
                      skip_unless_usable, torch_threads)
 
 FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -73,10 +73,8 @@ def _check(backend, case, dtype, seed):
         out32, dl32 = _run(gating_networks_reference, [t.to(dtype) for t in leaves], L, grads)
     names = ([f"logits[{i}]" for i in range(L)] + ["du", "dfc1_weight", "dfc1_bias", "dfc2_weight", "dfc2_bias"]
              + [f"dfc3_weights[{i}]" for i in range(L)] + [f"dfc3_biases[{i}]" for i in range(L)])
-    for name, fast, ref64, ref32 in zip(names, out + dl, out64 + dl64, out32 + dl32):
-        assert fast is not None, f"{name}: missing gradient"
-        assert fast.dtype == dtype, f"{name}: dtype {fast.dtype}"
-        assert_close_to_reference(f"[{backend}] {name}", fast, ref64, ref32, floor=FLOOR[dtype])
+    assert_all_close_to_reference(backend, names, out + dl, out64 + dl64, out32 + dl32, floor=FLOOR[dtype],
+                                  dtype=dtype)
 
 
 
