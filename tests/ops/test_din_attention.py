@@ -236,3 +236,24 @@ def _with(i, v):
 def test_bad_input_names_the_argument(args, exc, match):
     with pytest.raises(exc, match=match):
         din_attention(*args)
+
+
+def test_noncontiguous_inputs():
+    """Strided query, keys, mask and weights (transposed copies viewed back) give the
+    contiguous inputs' results on the cpu backend."""
+    B, T, D, hidden = 5, 7, 4, (6, 3)
+    leaves, g = _inputs(B, T, D, hidden, seed=21)
+    mask = _mask("random", B, T, g)
+    leaves = [t.float() for t in leaves]
+
+    def strided(t):  # the same values, non-contiguous: a transposed copy viewed back
+        return t.t().contiguous().t() if t.dim() == 2 else t.transpose(0, -1).contiguous().transpose(0, -1)
+
+    args = [strided(t) if t.dim() >= 2 else t for t in leaves]
+    assert not args[1].is_contiguous() and not args[2].is_contiguous()
+    m2 = mask.t().contiguous().t()
+    skip_unless_usable("cpu")
+    with udg_fast.use_backend("cpu"):  # it copies strided inputs once: the same bits
+        want = din_attention(leaves[0], leaves[1], mask, leaves[2], leaves[3], leaves[4:6], leaves[6:])
+        got = din_attention(args[0], args[1], m2, args[2], args[3], args[4:6], args[6:])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
