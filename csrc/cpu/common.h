@@ -146,6 +146,36 @@ void parallel_items(int64_t n, int64_t threads, int64_t scratch_elems, const Bod
   });
 }
 
+// Weight-gradient partials of the backward kernels: fixed contiguous ranges ("groups") of row
+// blocks, each with its own dW / db partial, summed in group order at the end. Which thread runs
+// a group does not matter, so the gradients depend only on the group count (blocks and threads):
+// bit-identical run to run. Two groups per thread let the dynamic schedule even out a thread
+// slowed by other load, at the cost of one more partial to allocate and sum.
+constexpr int64_t kGroupsPerThread = 2;
+
+inline int64_t group_count(int64_t blocks, int64_t threads) {
+  return std::max<int64_t>(1, std::min(blocks, threads * kGroupsPerThread));
+}
+
+template <typename T>
+UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+}
+
+// a[0:n] += b[0:n] (float32: a vectorised clone per ISA level; float64: plain). Internal linkage:
+// each kernel file gets its own clones and resolver.
+namespace {
+UDG_CLONES void add_inplace(float* a, const float* b, int64_t n) { add_body<float>(a, b, n); }
+void add_inplace(double* a, const double* b, int64_t n) { add_body<double>(a, b, n); }
+}  // namespace
+
+// out[0:P] = Σ_g parts[g, 0:P], g = 0 … ngroup − 1 in order (see kGroupsPerThread).
+template <typename T>
+void sum_groups(const T* parts, int64_t ngroup, int64_t P, T* out) {
+  std::copy(parts, parts + P, out);
+  for (int64_t g = 1; g < ngroup; ++g) add_inplace(out, parts + g * P, P);
+}
+
 // A [rows, cols] tensor over scratch memory, for the GEMM calls.
 inline at::Tensor view_of(void* p, int64_t rows, int64_t cols, const at::TensorOptions& opts) {
   return at::from_blob(p, {rows, cols}, opts);

@@ -12,11 +12,11 @@
 //
 // Fused in the cache sense, as gated_linear.cpp: the valid steps (idx, sorted) are cut into blocks
 // of whole samples of ~kBlockRows steps; per block the [k, q ⊙ k] rows are gathered into a block
-// buffer, each layer is one GEMM (ATen → MKL) straight into the rows of the saved activations,
-// and the bias + activation pass runs on them while they are still in cache. Nothing of size
-// [B, T, ·] is written but the scores (and dk in the backward); the eager form (udg_fast/ops/
-// din_attention.py::_din_attention_eager) writes the gathered rows, every pre-activation and
-// every activation, and reads them back for σ and σ'.
+// buffer, each layer is one block GEMM (cpu/common.h gemm_nn) straight into the rows of the saved
+// activations, and the bias + activation pass runs on them while they are still in cache.
+// Nothing of size [B, T, ·] is written but the scores (and dk in the backward); the eager form
+// (udg_fast/ops/din_attention.py::_din_attention_eager) writes the gathered rows, every
+// pre-activation and every activation, and reads them back for σ and σ'.
 //
 // Backward per block, from the saved activations (σ' = a(1 − a), relu' = a > 0): the layer
 // gradients in turn (dW_l += dA_lᵀ a_{l−1} into the group's partial, dA_{l−1} = dA_l W_l ⊙ act'),
@@ -28,7 +28,9 @@
 // the gradients are bit-identical run to run for a given thread count (as gated_linear.cpp).
 //
 // Measured on the development machine (one thread, B = 2048, T = 50, ~52k valid steps, D = 36,
-// hidden 80 → 40, sigmoid): see benchmarks/results/ (bench_din_attention.py).
+// hidden 80 → 40, sigmoid), forward + backward: 47 ms, against 69 ms for the eager factored form
+// and 245 ms for the literal 4D concat (benchmarks/results/cpu-ops-2026-11-28.md); perf puts
+// 68–70 % of it in the GEMM micro-kernels.
 #include "cpu/din_attention.h"
 #include "cpu/common.h"
 
@@ -49,7 +51,6 @@ using namespace detail;
 // (2 · 2D), two activation-gradient rows (2 · h_max) and the saved activations (Σ h): at D = 36,
 // 80 → 40 that is ~520 floats, so 512 steps are ~1 MiB (Zen 4's L2 per core).
 constexpr int64_t kBlockRows = 512;
-constexpr int64_t kGroupsPerThread = 2;
 constexpr int64_t kSumRows = 64;  // rows per partial column sum of a bias gradient (see backward)
 
 enum class Act { kSigmoid, kRelu };
@@ -193,11 +194,6 @@ UDG_INLINE void scatter_body(T* __restrict dk, T* __restrict dq, const T* __rest
   }
 }
 
-template <typename T>
-UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-}
-
 // float32 clones and float64 overloads of the passes above.
 #define UDG_FLOAT_AND_DOUBLE(DEF) DEF(UDG_CLONES, float) DEF(, double)
 #define UDG_DEF_PASSES(ATTR, S)                                                                \
@@ -226,8 +222,7 @@ UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
   ATTR void scatter_rows(S* dk, S* dq, const S* dx, const S* q, const S* k, const int64_t* ix, \
                          int64_t rows, int64_t p0, int64_t p1, int64_t T_, int64_t D) {        \
     scatter_body<S>(dk, dq, dx, q, k, ix, rows, p0, p1, T_, D);                                \
-  }                                                                                            \
-  ATTR void add_inplace(S* a, const S* b, int64_t n) { add_body<S>(a, b, n); }
+  }
 UDG_FLOAT_AND_DOUBLE(UDG_DEF_PASSES)
 #undef UDG_DEF_PASSES
 #undef UDG_FLOAT_AND_DOUBLE
@@ -540,15 +535,16 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   TORCH_CHECK(acts.size(0) == net.N * net.sum_h, "udg_fast::din_attention_backward (CPU): acts "
               "must hold N·Σh = ", net.N * net.sum_h, " values (the forward's), got ", acts.size(0));
   const int64_t D = net.D, h1 = net.h[0], L = static_cast<int64_t>(net.h.size());
-  // Each group's partial: dW_kp [h1, 2D] at 0, then for weights[l] its dW at off[2l] and its db
-  // at off[2l + 1] (the score layer's db slot stays 0: that sum is taken at the end).
+  // Each group's partial: dW_kp [h1, 2D] at 0, then for weights[l] its dW at off[2l] and, for
+  // every layer but the score layer (whose bias gradient is one sum at the end), its db at
+  // off[2l + 1].
   std::vector<int64_t> off;
   int64_t P = h1 * 2 * D;
-  for (const auto& w : net.w) {
+  for (int64_t l = 0; l < L; ++l) {
     off.push_back(P);
-    P += w.numel();
+    P += net.w[l].numel();
     off.push_back(P);
-    P += w.size(0);
+    if (l + 1 < L) P += net.w[l].size(0);
   }
 
   const auto opts = query.options();
@@ -570,18 +566,14 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   const int64_t* ix = ic.const_data_ptr<int64_t>();
   const Blocks blk = make_blocks(net, ix);
   const int64_t threads = at::get_num_threads();
-  const int64_t ngroup = std::max<int64_t>(1, std::min(blk.count(), threads * kGroupsPerThread));
+  const int64_t ngroup = group_count(blk.count(), threads);
   at::Tensor partials = at::zeros({ngroup, P}, opts);
   const auto [w_qd, w_kp] = split_fc1(fc1_weight.contiguous(), D);
   at::Tensor total = at::empty({P}, opts);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "udg_fast::din_attention_backward (CPU)", [&] {
     backward_impl<scalar_t>(net, blk, gc, qc, kc, ix, ac, w_kp, sigm, dq, dk, dqterm, partials,
                             off);
-    // the group partials, summed in group order
-    scalar_t* tp = total.mutable_data_ptr<scalar_t>();
-    const scalar_t* pp = partials.const_data_ptr<scalar_t>();
-    std::copy(pp, pp + P, tp);
-    for (int64_t g = 1; g < ngroup; ++g) add_inplace(tp, pp + g * P, P);
+    sum_groups(partials.const_data_ptr<scalar_t>(), ngroup, P, total.mutable_data_ptr<scalar_t>());
   });
   // the q term: dq += dqterm W_qd, dW_qd = dqtermᵀ q, db_1 = Σ_b dqterm
   dq.addmm_(dqterm, w_qd);
@@ -592,10 +584,10 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   for (int64_t l = 0; l < L; ++l) {
     const auto& w = net.w[l];
     dws.push_back(total.narrow(0, off[2 * l], w.numel()).view(w.sizes()));
-    dbs.push_back(total.narrow(0, off[2 * l + 1], w.size(0)));
+    if (l + 1 < L) dbs.push_back(total.narrow(0, off[2 * l + 1], w.size(0)));
   }
   // the score bias: Σ of grad_scores over the valid steps, one pairwise ATen sum
-  dbs.back() = gc.reshape({-1}).index_select(0, ic).sum().reshape({1});
+  dbs.push_back(gc.reshape({-1}).index_select(0, ic).sum().reshape({1}));
   return {dq, dk, dw1, dqterm.sum(0), dws, dbs};
 }
 

@@ -11,7 +11,7 @@
 //             into a block buffer and turns dxs into dg = dxs ⊙ xs ⊙ (1 − s)
 //             (= dxs ⊙ x ⊙ γ s(1 − s)) and dx = dxs ⊙ γ s → dW_partial += dpreᵀ · xs.
 // No [B, K] or [B, N] temporaries: only per-thread block buffers (kept between calls), plus one
-// [N, K] dW partial per extra group of blocks (kGroupsPerThread per thread). Blocks are handed out dynamically, but the
+// [N, K] dW partial per extra group of blocks (cpu/common.h: kGroupsPerThread per thread). Blocks are handed out dynamically, but the
 // partials belong to fixed groups of blocks, not to whichever thread runs them, and are summed in
 // group order: the gradients are bit-identical run to run for a given thread count.
 //
@@ -58,11 +58,6 @@ using namespace detail;
 // Blocks of >= 128 rows run the GEMMs as fast as one full-size call (measured, one thread:
 // 7.85 ms blocked vs 7.92 ms full for B=4096, 400→200; 64-row blocks lose ~4%).
 constexpr int64_t kBlockBytes = int64_t(1) << 20;
-
-// Backward: dW/db partials per thread (see backward_impl). 2 groups of blocks per thread let the
-// dynamic schedule even out a thread slowed by other load, at the cost of one more [N, K] partial
-// per thread to allocate and sum.
-constexpr int64_t kGroupsPerThread = 2;
 
 int64_t block_rows(int64_t B, int64_t K, int64_t N, int64_t elem_size, int64_t threads) {
   const int64_t row_bytes = std::max<int64_t>(1, elem_size * (4 * K + N));
@@ -150,11 +145,6 @@ UDG_INLINE void gate_bwd_body(const T* __restrict x, const T* __restrict g, T* _
   }
 }
 
-template <typename T>
-UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-}
-
 // float32: one vectorised clone per ISA level. float64: plain.
 UDG_CLONES void gate_fwd(const float* x, const float* g, float* xs, int64_t n, float gamma) {
   gate_fwd_body<float>(x, g, xs, n, gamma);
@@ -184,8 +174,6 @@ void gate_bwd(const double* x, const double* g, double* dx, double* dg, double* 
               double gamma) {
   gate_bwd_body<double>(x, g, dx, dg, xs, n, gamma);
 }
-UDG_CLONES void add_inplace(float* a, const float* b, int64_t n) { add_body<float>(a, b, n); }
-void add_inplace(double* a, const double* b, int64_t n) { add_body<double>(a, b, n); }
 
 // ---- argument checks ------------------------------------------------------------------------
 
@@ -241,11 +229,8 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
   const int64_t threads = at::get_num_threads();
   const int64_t blk_rows = block_rows(B, K, N, sizeof(T), threads);
   const int64_t nblk = (B + blk_rows - 1) / blk_rows;
-  // Groups: fixed contiguous ranges of blocks, each with its own dW / db partial, summed in group
-  // order at the end. Which thread runs a group does not matter, so the result depends only on
-  // the group count, which depends on B and the thread count: bit-identical run to run.
-  // A few groups per thread let the dynamic schedule balance the load.
-  const int64_t ngroup = std::max<int64_t>(1, std::min(nblk, threads * kGroupsPerThread));
+  // Groups of blocks with their own dW / db partials, summed in group order (cpu/common.h).
+  const int64_t ngroup = group_count(nblk, threads);
   // group 0 accumulates straight into dw; the others into one [ngroup - 1, N, K] allocation
   at::Tensor dw_extra = at::empty({ngroup - 1, N, K}, x.options());
   at::Tensor db_part = at::zeros({ngroup, N}, x.options());

@@ -33,7 +33,6 @@ namespace {
 using namespace detail;
 
 constexpr int64_t kBlockRows = 256;
-constexpr int64_t kGroupsPerThread = 2;
 
 // ---- elementwise passes over a block's rows (float32: vectorised clones; float64: plain) ----
 
@@ -80,11 +79,6 @@ UDG_INLINE void colsum_body(const T* __restrict g, T* __restrict colsum, int64_t
   }
 }
 
-template <typename T>
-UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
-}
-
 #define UDG_DEF_PASSES(ATTR, S)                                                                \
   ATTR void bias_relu(S* h, int64_t ld, const S* b, int64_t rows, int64_t n) {                 \
     bias_relu_body<S>(h, ld, b, rows, n);                                                      \
@@ -96,8 +90,7 @@ UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
   }                                                                                            \
   ATTR void colsum_rows(const S* g, S* colsum, int64_t rows, int64_t n) {                      \
     colsum_body<S>(g, colsum, rows, n);                                                        \
-  }                                                                                            \
-  ATTR void add_inplace(S* a, const S* b, int64_t n) { add_body<S>(a, b, n); }
+  }
 UDG_DEF_PASSES(UDG_CLONES, float)
 UDG_DEF_PASSES(, double)
 #undef UDG_DEF_PASSES
@@ -105,7 +98,7 @@ UDG_DEF_PASSES(, double)
 // ---- shapes ---------------------------------------------------------------------------------
 
 struct Shapes {
-  int64_t B = 0, Du = 0, L = 0, H = 0, LH = 0, sum_k = 0, max_k = 0;
+  int64_t B = 0, Du = 0, L = 0, H = 0, LH = 0, max_k = 0;
   std::vector<int64_t> k;  // K_l
 };
 
@@ -140,7 +133,6 @@ Shapes make_shapes(const at::Tensor& u, const at::Tensor& fc1_weight, const at::
     TORCH_CHECK(w.size(1) == s.H, "udg_fast::gating_networks (CPU): fc3_weights[l] must be "
                 "[K_l, H = ", s.H, "], got ", w.sizes());
     s.k.push_back(w.size(0));
-    s.sum_k += w.size(0);
     s.max_k = std::max(s.max_k, w.size(0));
   }
   return s;
@@ -331,20 +323,16 @@ gating_networks_backward(at::TensorList grad_logits, const at::Tensor& u, const 
   const Partials P(s);
   const auto opts = u.options();
   at::Tensor du = at::empty({s.B, s.Du}, opts);
-  at::Tensor total = at::zeros({P.size}, opts);
+  at::Tensor total = at::zeros({P.size}, opts);  // stays 0 for B = 0
   if (s.B > 0) {
     const int64_t nblk = (s.B + kBlockRows - 1) / kBlockRows;
-    const int64_t ngroup =
-        std::max<int64_t>(1, std::min(nblk, at::get_num_threads() * kGroupsPerThread));
+    const int64_t ngroup = group_count(nblk, at::get_num_threads());
     at::Tensor partials = at::zeros({ngroup, P.size}, opts);
     const at::Tensor uc = u.contiguous(), a1c = a1.contiguous(), a2c = a2.contiguous(),
                      w1 = fc1_weight.contiguous(), w2 = fc2_weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES(dt, "udg_fast::gating_networks_backward (CPU)", [&] {
       backward_impl<scalar_t>(s, P, grads, uc, a1c, a2c, w1, w2, w3, du, partials);
-      // the group partials, summed in group order
-      scalar_t* tp = total.mutable_data_ptr<scalar_t>();
-      const scalar_t* pp = partials.const_data_ptr<scalar_t>();
-      for (int64_t g = 0; g < ngroup; ++g) add_inplace(tp, pp + g * P.size, P.size);
+      sum_groups(partials.const_data_ptr<scalar_t>(), ngroup, P.size, total.mutable_data_ptr<scalar_t>());
     });
   }
   std::vector<at::Tensor> dw3, db3;
