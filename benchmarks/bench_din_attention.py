@@ -26,7 +26,7 @@ import torch
 
 import udg_fast
 from udg_fast.ops import din_attention, din_attention_reference
-from udg_fast.ops.din_attention import _activation, _din_attention_eager
+from udg_fast.ops.din_attention import _din_attention_eager
 
 from .conftest import sync
 
@@ -75,7 +75,7 @@ def _fn(provider, leaves, d):
             return torch.where(mask, s, torch.zeros_like(s))
         return run, own
     if provider == "factored":
-        return (lambda mask: _din_attention_eager(q, k, mask, w1, b1, [w2, w3], [b2, b3], _activation("sigmoid"))), []
+        return (lambda mask: _din_attention_eager(q, k, mask, w1, b1, [w2, w3], [b2, b3], "sigmoid")), []
     backend = "reference" if provider == "eager" else provider
     fn = din_attention_reference if provider == "eager" else din_attention
 

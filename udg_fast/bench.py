@@ -341,8 +341,9 @@ def _median(xs: Sequence[float]) -> float:
 def run_interleaved(cases: Sequence[Case], rounds: int = 5,
                     timer: Callable[[], float] = time.perf_counter) -> list[dict]:
     """Time `cases` (the providers of a model's base and UDG rows) in interleaved rounds: round r
-    times one step of every case in turn, so a burst of load from other processes on a shared machine hits all of
-    them alike instead of whichever happened to run then. Median and min per case."""
+    times one step of every case in turn, so a burst of load from other processes on a shared
+    machine hits all of them alike instead of whichever happened to run then. Median and min per
+    case."""
     for c in cases:
         c.warmup()
     times: list[list[float]] = [[] for _ in cases]

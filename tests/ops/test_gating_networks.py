@@ -196,3 +196,24 @@ def test_noncontiguous_inputs():
         got = _call(gating_networks, args, 2)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_gate_left_out_of_the_loss_gets_no_gradient_contribution():
+    """Only some logits in the loss (the others' gradients arrive as None: not zero-filled by
+    autograd): the cpu op's gradients equal the reference's."""
+    skip_unless_usable("cpu")
+    leaves, g = _inputs(9, 5, 4, (3, 6, 2), seed=23)
+    w = torch.randn(9, 6, generator=g, dtype=torch.float64)
+
+    def grads(fn, backend):
+        ls = [t.detach().clone().requires_grad_(True) for t in leaves]
+        with udg_fast.use_backend(backend):
+            out = _call(fn, ls, 3)
+        return torch.autograd.grad((out[1] * w).sum(), ls, allow_unused=True)
+
+    got, want = grads(gating_networks, "cpu"), grads(gating_networks_reference, "reference")
+    for i, (a, b) in enumerate(zip(got, want)):
+        if b is None:  # fc3 of the networks left out: no gradient in either
+            assert a is None or (a == 0).all(), f"tensor {i}"
+            continue
+        torch.testing.assert_close(a, b, msg=lambda m, i=i: f"tensor {i}: {m}")

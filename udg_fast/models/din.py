@@ -8,6 +8,7 @@ from torch import nn
 
 from udg_fast.models.base import CTRModel, Embedded, ModelError
 from udg_fast.ops.din_attention import _din_attention_eager, din_attention
+from udg_fast.ops.naive import din_attention_reference
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": F.relu, "prelu": None}
 NORMS = ("none", "softmax", "sigmoid")
@@ -58,16 +59,12 @@ class AttentionUnit(nn.Module):
             return _din_attention_eager(*args, self._act)
         return din_attention(*args, self.activation)
 
-    def _rest(self, a: torch.Tensor) -> torch.Tensor:
-        a = self._act(a, 0)
-        for i, fc in enumerate(self.fcs):
-            a = self._act(fc(a), i + 1)
-        return self.out(a).squeeze(-1)
-
     def forward_naive(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """The same scores from the literal concat [q, k, q − k, q ⊙ k] (the reference for tests)."""
-        qe = q.unsqueeze(1).expand_as(k)
-        return self._rest(self.fc1(torch.cat([qe, k, qe - k, qe * k], -1)))
+        """The same scores from the literal concat [q, k, q − k, q ⊙ k] on every step (the
+        reference for tests; any activation, PReLU included)."""
+        layers = [*self.fcs, self.out]
+        return din_attention_reference(q, k, None, self.fc1.weight, self.fc1.bias, [fc.weight for fc in layers],
+                                       [fc.bias for fc in layers], self._act)
 
 
 def attention_weights(scores: torch.Tensor, mask: torch.Tensor, norm: str) -> torch.Tensor:

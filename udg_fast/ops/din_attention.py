@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from udg_fast import _backend
-from udg_fast.ops.naive import din_attention_reference, reference_vjp
+from udg_fast.ops.naive import attention_activation, din_attention_reference, reference_vjp
 
 ACTIVATIONS = ("sigmoid", "relu")
 
@@ -135,8 +135,7 @@ def din_attention(
     if backend == "reference":
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     if torch.compiler.is_compiling() or backend != "cpu":
-        return _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases,
-                                    _activation(activation))
+        return _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     B, T, _ = keys.shape
     if mask is None:
         idx = torch.arange(B * T, device=keys.device)
@@ -148,18 +147,14 @@ def din_attention(
     return scores
 
 
-def _activation(name: str):
-    act = torch.sigmoid if name == "sigmoid" else torch.relu
-    return lambda x, i: act(x)
-
-
-def _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases, act):
+def _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation):
     """The factored form in eager PyTorch (GPU backends, torch.compile, and DIN's PReLU variant,
-    which the kernel does not cover). `act(x, i)` is hidden layer i's activation.
+    which the kernel does not cover). `activation`: as the reference's (a name, or `act(x, i)`).
 
     Outside compile and with a mask, the valid steps' [k, q ⊙ k] rows are gathered into one
     `[N, 2D]` block and the MLP runs on N rows; otherwise per sample, `[B, T, D] × [B, D, h1]`
     (the q ⊙ k term folded into a per-sample matrix) on every step, then masked."""
+    act = attention_activation(activation)
     D = query.shape[1]
     w_q, w_k, w_d, w_p = fc1_weight.split(D, dim=1)                          # each [h1, D]
     q_term = F.linear(query, w_q + w_d, fc1_bias)                            # [B, h1], once per sample

@@ -165,8 +165,7 @@ def _flat_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, n, *params):
 def _backward(ctx, grad_logits, _grad_a1, _grad_a2):
     u, a1, a2, w1, b1, w2, b2, *params = ctx.saved_tensors
     n = ctx.n_layers
-    grad_logits = [torch.zeros(a1.shape[0], w.shape[0], dtype=u.dtype) if g is None else g
-                   for g, w in zip(grad_logits, params[:n])]
+    grad_logits = [u.new_zeros(u.shape[0], w.shape[0]) if g is None else g for g, w in zip(grad_logits, params[:n])]
     if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
         args = (u, w1, b1, w2, b2, n, *params)
         g = reference_vjp(_flat_reference, args, tuple(grad_logits), (0, 1, 2, 3, 4, *range(6, 6 + 2 * n)))

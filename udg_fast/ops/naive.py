@@ -96,6 +96,15 @@ def augru_reference(
 
 # ---- din_attention (DIN's local activation unit) ---------------------------------------------
 
+def attention_activation(activation):
+    """DIN attention's hidden activation as `act(x, i)` (i: the hidden layer's index): "sigmoid",
+    "relu", or a callable `act(x, i)` already (DIN's PReLU, whose weights are per layer)."""
+    if callable(activation):
+        return activation
+    act = torch.sigmoid if activation == "sigmoid" else torch.relu
+    return lambda x, i: act(x)
+
+
 def din_attention_reference(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -118,17 +127,17 @@ def din_attention_reference(
         query: `[B, D]`; keys: `[B, T, D]`; mask: `[B, T]` bool (valid steps) or None (all).
         fc1_weight: `[h1, 4D]`; fc1_bias: `[h1]`.
         weights, biases: the layers after fc1 (`[h_{l+1}, h_l]`, `[h_{l+1}]`), the last `[1, h_L]`.
-        activation: "sigmoid" (DIN's code) or "relu".
+        activation: "sigmoid" (DIN's code), "relu", or a callable `act(x, i)` for hidden layer i.
     Returns:
         scores `[B, T]`.
     """
-    act = torch.sigmoid if activation == "sigmoid" else torch.relu
+    act = attention_activation(activation)
     qe = query.unsqueeze(1).expand_as(keys)
-    a = act(F.linear(torch.cat([qe, keys, qe - keys, qe * keys], -1), fc1_weight, fc1_bias))
+    a = act(F.linear(torch.cat([qe, keys, qe - keys, qe * keys], -1), fc1_weight, fc1_bias), 0)
     for i, (w, b) in enumerate(zip(weights, biases)):
         a = F.linear(a, w, b)
         if i < len(weights) - 1:
-            a = act(a)
+            a = act(a, i + 1)
     s = a.squeeze(-1)
     return s if mask is None else torch.where(mask, s, torch.zeros_like(s))
 
