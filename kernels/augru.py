@@ -451,7 +451,9 @@ def _augru_fwd_chunked_kernel(
 
     bh_off = offs_b[:, None] * H + offs_h[None, :]
     h = tl.load(h0_ptr + bh_off, mask=mask_bh, other=0.0).to(tl.float32)
-    buf_stride = B.to(tl.int64) * H
+    # tl.cast, not B.to(): Triton passes an int argument equal to 1 as a plain Python int
+    # (specialisation), which has no .to() -- B=1 failed to compile on the H200 (2026-11-28).
+    buf_stride = tl.cast(B, tl.int64) * H
     tl.store(hbuf_ptr + bh_off, h, mask=mask_bh)
     tl.debug_barrier()
 

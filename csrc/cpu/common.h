@@ -162,6 +162,12 @@ UDG_INLINE void add_body(T* __restrict a, const T* __restrict b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] += b[i];
 }
 
+// The offset of the next gradient in a packed partial / total buffer: a multiple of 16 elements, so
+// that each gradient returned as a view of the buffer starts 64-byte aligned (the buffer itself is
+// from at::empty/zeros, 64-byte aligned). torch.compile (Inductor) asserts that a custom op's
+// outputs are 16-byte aligned; an unpadded view failed that assert on an H200 (2026-11-28).
+inline int64_t aligned_offset(int64_t n) { return (n + 15) / 16 * 16; }
+
 // a[0:n] += b[0:n] (float32: a vectorised clone per ISA level; float64: plain). Internal linkage:
 // each kernel file gets its own clones and resolver.
 namespace {

@@ -537,14 +537,14 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   const int64_t D = net.D, h1 = net.h[0], L = static_cast<int64_t>(net.h.size());
   // Each group's partial: dW_kp [h1, 2D] at 0, then for weights[l] its dW at off[2l] and, for
   // every layer but the score layer (whose bias gradient is one sum at the end), its db at
-  // off[2l + 1].
+  // off[2l + 1]; every offset aligned (the gradients are returned as views of the total).
   std::vector<int64_t> off;
-  int64_t P = h1 * 2 * D;
+  int64_t P = aligned_offset(h1 * 2 * D);
   for (int64_t l = 0; l < L; ++l) {
     off.push_back(P);
-    P += net.w[l].numel();
+    P = aligned_offset(P + net.w[l].numel());
     off.push_back(P);
-    if (l + 1 < L) P += net.w[l].size(0);
+    if (l + 1 < L) P = aligned_offset(P + net.w[l].size(0));
   }
 
   const auto opts = query.options();

@@ -139,21 +139,21 @@ Shapes make_shapes(const at::Tensor& u, const at::Tensor& fc1_weight, const at::
 }
 
 // Partial layout per group: dW1 [LH, Du], db1 [LH], dW2 [L, H, H], db2 [L, H], then per layer dW3_l
-// [K_l, H] and db3_l [K_l].
+// [K_l, H] and db3_l [K_l], each at an aligned offset (they are returned as views of the total).
 struct Partials {
   int64_t w1 = 0, b1 = 0, w2 = 0, b2 = 0, size = 0;
   std::vector<int64_t> w3, b3;
   explicit Partials(const Shapes& s) {
     w1 = 0;
-    b1 = w1 + s.LH * s.Du;
-    w2 = b1 + s.LH;
-    b2 = w2 + s.L * s.H * s.H;
-    int64_t p = b2 + s.LH;
+    b1 = aligned_offset(w1 + s.LH * s.Du);
+    w2 = aligned_offset(b1 + s.LH);
+    b2 = aligned_offset(w2 + s.L * s.H * s.H);
+    int64_t p = aligned_offset(b2 + s.LH);
     for (int64_t l = 0; l < s.L; ++l) {
       w3.push_back(p);
-      p += s.k[l] * s.H;
+      p = aligned_offset(p + s.k[l] * s.H);
       b3.push_back(p);
-      p += s.k[l];
+      p = aligned_offset(p + s.k[l]);
     }
     size = p;
   }

@@ -768,10 +768,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reduce_partials(
     const at::Tensor& part, int I, int H, at::ScalarType st) {
   const at::Tensor sums = part.sum(0);
   const int64_t H3 = 3LL * H, n_wi = H3 * I, n_wh = H3 * H;
-  return {sums.narrow(0, 0, n_wi).view({H3, I}).to(st),
-          sums.narrow(0, n_wi, n_wh).view({H3, H}).to(st),
-          sums.narrow(0, n_wi + n_wh, H3).to(st),
-          sums.narrow(0, n_wi + n_wh + H3, H3).to(st)};
+  // Always a copy (copy=true), even in fp32: a view into `sums` can start at an offset that is
+  // not 16-byte aligned, and torch.compile asserts that a custom op's outputs are (H=30 failed
+  // that assert on an H200, 2026-11-28). The copies are 3H(I+H+2) values, next to nothing.
+  auto piece = [&](int64_t start, int64_t n) { return sums.narrow(0, start, n).to(st, false, true); };
+  return {piece(0, n_wi).view({H3, I}), piece(n_wi, n_wh).view({H3, H}),
+          piece(n_wi + n_wh, H3), piece(n_wi + n_wh + H3, H3)};
 }
 
 }  // namespace

@@ -5,7 +5,9 @@ layout and shared-memory rules, so a kernel can pass them and still fail to buil
 Run as a script, without TRITON_INTERPRET (tests/ops/test_triton_compile.py does that); prints one
 line per kernel (its shared memory) and exits non-zero on the first failure. Every autotune config
 of the gated_linear kernels is compiled, and both the on-chip and the chunked AUGRU kernels at
-their largest tiles.
+their largest tiles; then every kernel once more with each integer argument equal to 1, which
+Triton specialises into a compile-time Python int (B=1 broke the chunked AUGRU kernel on an H200,
+2026-11-28: `B.to(...)` on an int).
 """
 import inspect
 import os
@@ -25,22 +27,28 @@ TARGET = GPUTarget("cuda", 90, 32)
 SM90_MAX_SHARED = 232448
 
 
-def compile_kernel(kernel, constexprs, num_warps=4, num_stages=3):
+def compile_kernel(kernel, constexprs, num_warps=4, num_stages=3, ints_equal_one=False):
     fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel  # the JITFunction
-    names = list(inspect.signature(fn.fn).parameters)
+    params = inspect.signature(fn.fn).parameters
+    names = list(params)
+    declared = [n for n, p in params.items() if "constexpr" in str(p.annotation)]
+    missing = [n for n in declared if n not in constexprs]
+    assert not missing, f"{fn.__name__}: no value given for the constexpr parameters {missing}"
     signature, const = {}, {}
     for i, n in enumerate(names):
         if n in constexprs:
             signature[n], const[(i,)] = "constexpr", constexprs[n]
         elif n.endswith("_ptr"):
             signature[n] = "*i64" if n == "len_ptr" else "*fp32"
+        elif "scale" in n:
+            signature[n] = "fp32"
+        elif ints_equal_one:  # what the launcher does with an int argument that is 1
+            signature[n], const[(i,)] = "constexpr", 1
         else:
-            signature[n] = "fp32" if "scale" in n else "i32"
-    missing = [n for n in names if signature[n] == "constexpr" and n not in constexprs]
-    assert not missing, missing
+            signature[n] = "i32"
     c = triton.compile(ASTSource(fn, signature, constexprs=const), target=TARGET,
                        options={"num_warps": num_warps, "num_stages": num_stages})
-    print(f"{fn.__name__} {constexprs}: shared {c.metadata.shared} B")
+    print(f"{fn.__name__} {constexprs}{' ints=1' if ints_equal_one else ''}: shared {c.metadata.shared} B")
     assert c.metadata.shared <= SM90_MAX_SHARED, (
         f"{fn.__name__} {constexprs} needs {c.metadata.shared} B of shared memory, sm_90 allows {SM90_MAX_SHARED}")
 
@@ -49,17 +57,21 @@ def main():
     opts = dict(HAS_BIAS_IH=True, HAS_BIAS_HH=True, HAS_ATT=True, HAS_LENGTHS=True, INPUT_PRECISION="ieee",
                 BLOCK_B=augru._BLOCK_B)
     on_chip = dict(opts, BLOCK_I=augru._ON_CHIP_MAX, BLOCK_H=augru._ON_CHIP_MAX)
-    compile_kernel(augru._augru_fwd_kernel, on_chip)
-    compile_kernel(augru._augru_bwd_kernel, on_chip)
     chunked = dict(opts, BLOCK_H=augru._MAX_DIM, BLOCK_K=augru._CHUNK_K)
-    compile_kernel(augru._augru_fwd_chunked_kernel, chunked)
-    compile_kernel(augru._augru_bwd_chunked_kernel, chunked)
+    for ones in (False, True):
+        compile_kernel(augru._augru_fwd_kernel, on_chip, ints_equal_one=ones)
+        compile_kernel(augru._augru_bwd_kernel, on_chip, ints_equal_one=ones)
+        compile_kernel(augru._augru_fwd_chunked_kernel, chunked, ints_equal_one=ones)
+        compile_kernel(augru._augru_bwd_chunked_kernel, chunked, ints_equal_one=ones)
     for kernel, extra in ((gated_linear._gated_linear_fwd_kernel, dict(HAS_BIAS=True, BLOCK_N=256)),
                           (gated_linear._gated_linear_bwd_dgrad_kernel, {}),
                           (gated_linear._gated_linear_bwd_wgrad_kernel, {})):
         for cfg in kernel.configs:
             compile_kernel(kernel, dict(extra, APPLY_RELU=True, INPUT_PRECISION="ieee", **cfg.kwargs),
                            cfg.num_warps, cfg.num_stages)
+        cfg = kernel.configs[0]
+        compile_kernel(kernel, dict(extra, APPLY_RELU=True, INPUT_PRECISION="ieee", **cfg.kwargs),
+                       cfg.num_warps, cfg.num_stages, ints_equal_one=True)
 
 
 if __name__ == "__main__":

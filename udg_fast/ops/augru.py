@@ -152,7 +152,8 @@ def augru(
     args = [t.contiguous() if t is not None else None
             for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)]
     if backend == "triton":
-        _register_triton_ops()
+        if not torch.compiler.is_compiling():  # Dynamo cannot trace triton_op's registration
+            _register_triton_ops()  # (done at import where Triton is usable; see below)
         return torch.ops.udg_fast.augru_triton(*args)
     # "cpu" or "cuda": one C++ op, the dispatcher picks the kernel by device
     return torch.ops.udg_fast.augru(*args)

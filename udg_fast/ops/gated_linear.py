@@ -33,8 +33,11 @@ def _select(device: torch.device, dtype: torch.dtype) -> str:
     return _backend.select("gated_linear", device, dtype)
 
 
+@_backend.constant_result
 def _triton_precision() -> str:
-    # fp32 dots follow torch's global matmul precision: "highest" → exact IEEE, else TF32.
+    # fp32 dots follow torch's global matmul precision: "highest" → exact IEEE, else TF32. A
+    # constant for torch.compile (Dynamo cannot trace get_float32_matmul_precision): a compiled
+    # graph keeps the precision it was traced with.
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
@@ -112,7 +115,8 @@ def gated_linear(
     w = weight.contiguous()
     b = bias.contiguous() if bias is not None else None
     if backend == "triton":
-        _register_triton_ops()
+        if not torch.compiler.is_compiling():  # Dynamo cannot trace triton_op's registration
+            _register_triton_ops()  # (done at import where Triton is usable; see below)
         y = torch.ops.udg_fast.gated_linear_triton(x2, g2, w, b, activation, gate_scale, _triton_precision())
     else:  # "cpu" or "cuda": one C++ op, the dispatcher picks the kernel by device
         y = torch.ops.udg_fast.gated_linear(x2, g2, w, b, activation, gate_scale)
