@@ -11,6 +11,10 @@
 # 4. runs the GPU benchmarks (pytest-benchmark, synchronised timings, a reduced grid) and
 #    CUDA-graph timings;
 # 5. writes OUT_DIR/summary.md and OUT_DIR/summary.json (+ the logs).
+# A short re-check (a lease with little time left): GPU_CHECK_STEPS="build tests" runs only the
+# steps named (the others are listed as skipped), GPU_CHECK_TESTS replaces the test paths and
+# GPU_CHECK_K adds a pytest -k expression, e.g.
+#   GPU_CHECK_STEPS="build tests" GPU_CHECK_K="from_gru or compile" bash benchmarks/gpu_check.sh /tmp/gc
 # Every step runs even if an earlier one fails; the exit code is non-zero if any failed. The whole
 # script keeps within GPU_CHECK_BUDGET_S seconds (default 540). A step that runs out of time gets
 # SIGINT first, so pytest still prints its failures and writes its JUnit/benchmark JSON (the first
@@ -36,6 +40,9 @@ status=0
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))
 step() {  # step NAME TIMEOUT_S CMD...: run, log to OUT/NAME.log, record the result
   local name=$1 limit=$2; shift 2
+  if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" ${name%_inplace} "* ]]; then
+    echo "$name rc=skipped (not in GPU_CHECK_STEPS)" | tee -a "$OUT/steps.txt"; return 0
+  fi
   local t0=$SECONDS left=$((DEADLINE - SECONDS))
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -le 5 ]; then echo "$name rc=skipped (out of time)" | tee -a "$OUT/steps.txt"; status=1; return 1; fi
@@ -71,8 +78,10 @@ cat "$OUT/backends.txt"
 PYTEST_PAR=()
 $PY -c "import xdist" 2>/dev/null && PYTEST_PAR+=(-n 8)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_PAR+=(--timeout 120)
-step tests 200 $PY -m pytest tests/ops tests/test_backends.py tests/models/test_cuda.py -v -p no:cacheprovider \
-  -rfEs --tb=short "${PYTEST_PAR[@]}" --junitxml="$OUT/tests.xml"
+[ -n "${GPU_CHECK_K:-}" ] && PYTEST_PAR+=(-k "$GPU_CHECK_K")
+# shellcheck disable=SC2086  # GPU_CHECK_TESTS: paths / node ids, split on spaces
+step tests 200 $PY -m pytest ${GPU_CHECK_TESTS:-tests/ops tests/test_backends.py tests/models/test_cuda.py} -v \
+  -p no:cacheprovider -rfEs --tb=short "${PYTEST_PAR[@]}" --junitxml="$OUT/tests.xml"
 [ -f "$OUT/tests.log" ] && grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -40
 
 # 3. compute-sanitizer memcheck, one small case of every CUDA op (correctness first: before the
