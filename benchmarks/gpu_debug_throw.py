@@ -43,12 +43,12 @@ def _compile_cpu():
     torch.compile(lambda x: m(x)[0].sum(), fullgraph=True)(torch.randn(3, 4, 5)).backward()
 
 
-SCENARIOS = {
+SCENARIOS = {  # the likely crash first
+    "after_cuda_opcheck": [_cuda_init, _opcheck, _bad_call],
+    "after_opcheck": [_opcheck, _bad_call],
     "plain": [_bad_call],
     "after_cuda": [_cuda_init, _bad_call],
-    "after_opcheck": [_opcheck, _bad_call],
     "after_compile": [_compile_cpu, _bad_call],
-    "after_cuda_opcheck": [_cuda_init, _opcheck, _bad_call],
 }
 
 if __name__ == "__main__":
