@@ -13,6 +13,7 @@ Install into an environment that already has torch:  pip install --no-build-isol
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,6 +94,37 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
+def _libstdcxx_link_args():
+    """Link libstdc++ as the shared library, by its path, where the compiler would take the static one.
+
+    On the GPU machine's image (Ubuntu, GCC 13; H200, 2026-11-28) `-lstdc++` resolved to
+    libstdc++.a (there is no libstdc++.so dev link), so the extension carried its own copy of the
+    iostream/locale code beside the process's libstdc++.so.6. Formatting an integer then went
+    through a locale facet the copy never initialised: every TORCH_CHECK message with a number
+    segfaulted there (and came out cut short at the number here, linked that way on purpose).
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = os.environ.get("CXX", "c++")  # the compiler torch's BuildExtension links with
+
+    def lookup(name):
+        try:
+            out = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out if os.path.isabs(out) and os.path.exists(out) else None  # else just `name` back
+
+    if lookup("libstdc++.so") is not None or lookup("libstdc++.a") is None:
+        return []  # -lstdc++ finds the shared library (the usual case), or this is not libstdc++
+    so6 = lookup("libstdc++.so.6")
+    if so6 is None:
+        _log("warning: only a static libstdc++ was found; the extension may not work (see setup.py)")
+        return []
+    _log(f"linking {so6} explicitly: the compiler's -lstdc++ would take libstdc++.a")
+    return [so6]
+
+
 def _extension():
     sources_cpp = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     sources_cu = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
@@ -115,7 +147,7 @@ def _extension():
     # template that runs serially unless _OPENMP is defined; at run time the libgomp.so.1 that torch
     # already loaded serves it, so there is one thread pool.
     cxx_flags = ["-O3", "-fopenmp"]
-    link_flags = ["-fopenmp"]
+    link_flags = ["-fopenmp"] + _libstdcxx_link_args()
     define = {
         "UDG_FAST_WITH_CUDA": "1" if with_cuda else "0",
         "UDG_FAST_CUDA_ARCHS": archs if with_cuda else "",
@@ -150,10 +182,9 @@ def _extension():
                 "cxx": cxx_flags,
                 # No --use_fast_math: its __expf / approximate division put the fp32 AUGRU off
                 # the reference by more than the tests' bound (2× eager's error + 1e-6) in 30 of
-                # the 36 non-empty shapes of its first GPU run (H200, 2026-11-27), while the same kernels
-                # passed every exact-match and half-precision test (the suspected cause; the
-                # run was cut before printing the errors). Sigmoid/tanh are a few instructions
-                # of a step that is bound by its dot products, so precise math costs little.
+                # the 36 non-empty shapes of its first GPU run (H200, 2026-11-27); without it the
+                # whole grid passed (H200, 2026-11-28). Sigmoid/tanh are a few instructions of a
+                # step that is bound by its dot products, so precise math costs little.
                 "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"],
             },
         )

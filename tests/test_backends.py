@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -37,6 +39,29 @@ def _cuda_build_expected() -> bool:
 
 
 @pytest.mark.skipif(not _cuda_build_expected(), reason="no nvcc or a CPU-only torch: a CPU-only build is expected")
+def test_cpp_error_messages_with_numbers_arrive_whole():
+    """A C++ argument check whose message holds integers raises RuntimeError with all of it.
+
+    Linked against a static libstdc++ beside the process's shared one (what `-lstdc++` gave on the
+    GPU machine's image; setup.py now names libstdc++.so.6), formatting an integer segfaulted
+    there (H200, 2026-11-28) and cut the message short at the first number here. Run in a
+    subprocess so that a crash is reported as this failure instead of ending the test run.
+    """
+    if not udg_fast.backends()["cpu"]["built"]:
+        pytest.skip("the C++ extension is not built")
+    code = (
+        "import torch, udg_fast\n"
+        "x, wi, wh = torch.randn(3, 4, 5), torch.randn(6, 5), torch.randn(6, 2)\n"
+        "try:\n"
+        "    torch.ops.udg_fast.augru(x, wi, wh, None, None, None, torch.tensor([4, 9, 2]), torch.zeros(3, 2))\n"
+        "except RuntimeError as e:\n"
+        "    print(str(e).splitlines()[0])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"the process died (exit {res.returncode}):\n{res.stderr[-3000:]}"
+    assert "lengths must be in [0, T] = [0, 4], got lengths[1] = 9" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
 def test_cuda_extension_was_built():
     """Where nvcc and a CUDA torch exist (CI's machine), the CUDA kernels must compile and link."""
     info = udg_fast.build_info()

@@ -501,7 +501,7 @@ def test_cpp_op_checks_lengths_itself():
     skip_unless_usable("cpu")
     kw = _ok()
     kw["lengths"] = torch.tensor([4, 9, 2])
-    with pytest.raises(RuntimeError, match=r"lengths must be in \[0, T\]"):
+    with pytest.raises(RuntimeError, match=r"lengths must be in \[0, T\] = \[0, 4\], got lengths\[1\] = 9"):
         torch.ops.udg_fast.augru(*kw.values())
     kw["lengths"] = torch.tensor([4, 0, 2], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="lengths must be int64"):
