@@ -4,10 +4,10 @@ on padded batches with lengths uniform in [1, T].
 
 Providers:
     eager     the reference (udg_fast.ops.din_attention_reference): the literal 4D concat on every
-              step, then masked — what the model costs without udg_fast's kernels
+              step, then masked — what the model costs without udg_fast's kernels, and what the
+              op runs on a GPU (faster there than the factored form: H200, 2026-11-28)
     factored  the op's eager factored form (q term once per sample, the valid steps packed): what
-              the GPU backends and torch.compile run, and what the DIN/DIEN models ran on CPU
-              before the kernel
+              torch.compile runs, and what the DIN/DIEN models ran on CPU before the kernel
     deepctr   DeepCTR-Torch's `LocalActivationUnit` (the 4D concat on every step; benchmarks only,
               skipped where it is not installed)
     cpu       the C++ kernel (csrc/cpu/din_attention.cpp)

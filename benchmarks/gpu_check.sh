@@ -95,25 +95,27 @@ step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchm
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-only --benchmark-max-time=0.1 --benchmark-min-rounds=5
             --benchmark-columns=median,iqr,rounds)
 export UDG_BENCH_COMPILE_MODE=${UDG_BENCH_COMPILE_MODE:-default}
-step bench_gated_linear 100 $PY -m pytest benchmarks/bench_gated_linear.py "${BENCH_ARGS[@]}" \
-  --benchmark-json="$OUT/bench_gated_linear.json"
-step bench_augru 90 $PY -m pytest benchmarks/bench_augru.py "${BENCH_ARGS[@]}" \
-  -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}" --benchmark-json="$OUT/bench_augru.json"
-# DIN's attention: on a GPU the op runs its eager factored form (no GPU kernel), against the
-# literal 4D concat ("eager") — one shape (~10 s).
-step bench_din_attention 25 $PY -m pytest benchmarks/bench_din_attention.py "${BENCH_ARGS[@]}" \
-  -k "B2048-T50-D36" --benchmark-json="$OUT/bench_din_attention.json"
-# Model level (issue 8): DIN/DIEN training steps, fused vs reference vs DeepCTR-Torch (skipped
-# unless installed), at B=2048 and B=8192, plus the peak-memory case (~60–90 s, mostly Triton's
-# first compiles).
+# Model level (issue 8) first: the op benchmarks below have numbers from 2026-11-28 (H200), the
+# models none yet (that run gave them 75 s, not enough, and an interrupted case made
+# pytest-benchmark drop the whole JSON). DIN/DIEN training steps, fused vs reference vs
+# DeepCTR-Torch (skipped unless installed), at B=2048 and B=8192, plus the peak-memory case.
 step bench_models 120 $PY -m pytest benchmarks/bench_models.py "${BENCH_ARGS[@]}" \
   -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (din or dien) and (fused or reference or deepctr) and (B2048-T50-d18 or B8192-T50-d18))}" \
   --benchmark-json="$OUT/bench_models.json"
 [ -s "$OUT/bench_models.json" ] && $PY benchmarks/report_models.py "$OUT/bench_models.json" --out "$OUT/bench_models.md"
-# 5. CUDA-graph timings (launch overhead removed).
+# CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 
-# 6. Summary.
+step bench_gated_linear 100 $PY -m pytest benchmarks/bench_gated_linear.py "${BENCH_ARGS[@]}" \
+  --benchmark-json="$OUT/bench_gated_linear.json"
+step bench_augru 90 $PY -m pytest benchmarks/bench_augru.py "${BENCH_ARGS[@]}" \
+  -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}" --benchmark-json="$OUT/bench_augru.json"
+# DIN's attention (no GPU kernel): the literal 4D concat ("eager", what the op runs on a GPU since
+# the 2026-11-28 H200 run) against the factored form — one shape (~15 s).
+step bench_din_attention 25 $PY -m pytest benchmarks/bench_din_attention.py "${BENCH_ARGS[@]}" \
+  -k "B2048-T50-D36" --benchmark-json="$OUT/bench_din_attention.json"
+
+# 5. Summary.
 : >"$OUT/summary.md"
 for j in "$OUT"/bench_gated_linear.json "$OUT"/bench_augru.json "$OUT"/bench_din_attention.json; do
   [ -s "$j" ] && $PY benchmarks/report.py "$j" --title "$(basename "$j" .json) on $(sed -n 3p "$OUT/env.txt" | cut -d'|' -f4 | xargs)" >>"$OUT/summary.md" 2>>"$OUT/steps.txt"
