@@ -10,7 +10,7 @@ udg_fast/ops/):
     cuda       CUDA C++ kernels in csrc/cuda/, through udg_fast._C (float32, bfloat16, float16)
 
 Automatic choice: CPU tensors → `cpu` if built, else `reference`; CUDA tensors → the GPU backend
-preferred in `GPU_PREFERENCE` (Triton until a GPU benchmark says otherwise), else `reference`.
+preferred in `GPU_PREFERENCE` (CUDA C++, then Triton: measured on an H200), else `reference`.
 An automatic choice never raises because something is missing: it falls back to `reference`,
 and `backends()` says why. A *forced* backend (`use_backend(...)` or the environment variable
 UDG_FAST_BACKEND) that cannot run the given inputs raises an error saying why.
@@ -26,9 +26,12 @@ import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 
-# Which GPU backend runs when CUDA tensors are not forced onto one. Triton until measured: see
-# benchmarks/results/ for the GPU runs that decide it.
-GPU_PREFERENCE = ("triton", "cuda")
+# Which GPU backend runs when CUDA tensors are not forced onto one. CUDA C++ first: on an H200
+# (benchmarks/results/gpu-h200-2026-11-28) it was faster than Triton forward + backward for
+# gated_linear at every shape (0.49-1.28 ms vs 1.12-1.81) and for AUGRU at B = 1024, T = 50
+# (1.82 vs 4.23 ms at H = 36), and both passed the same reference tests there. (Triton was faster
+# only for AUGRU at B = 4096, T = 100, H = 64: 15.0 vs 17.5 ms.)
+GPU_PREFERENCE = ("cuda", "triton")
 
 # Dtypes each compiled backend handles; `reference` handles every floating dtype.
 DTYPES = {
