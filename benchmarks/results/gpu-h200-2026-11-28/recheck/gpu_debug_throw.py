@@ -4,7 +4,9 @@ On the H200 (2026-11-28) two xdist workers died with SIGSEGV at the first call o
 raises (TORCH_CHECK) — each after that worker had run the op's opcheck test; on this machine
 (torch 2.11 and 2.14, Python 3.11 and 3.12) the same calls raise RuntimeError. Each scenario runs
 in its own process; `python gpu_debug_throw.py` prints one line per scenario with the exit code,
-`python gpu_debug_throw.py NAME` runs one (for a debugger).
+`python gpu_debug_throw.py NAME` runs one (for a debugger). Kept as the record of the
+2026-11-28 re-check (the cause: a static libstdc++ in the extension, see ../README.md); the check
+itself is now tests/test_backends.py::test_cpp_error_messages_with_numbers_arrive_whole.
 """
 import subprocess
 import sys
