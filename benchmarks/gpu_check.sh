@@ -76,7 +76,8 @@ cat "$OUT/backends.txt"
 # parallel workers where pytest-xdist is installed (Triton's JIT compiles dominate: 155 tests took
 # 150 s in one process on the H200), one line per test so that a cut-off log still says which.
 PYTEST_PAR=()
-$PY -c "import xdist" 2>/dev/null && PYTEST_PAR+=(-n 8)
+# 12 workers on the 16-core machine (8 took 186 s on 2026-11-28, most of it CPU-bound compiling).
+$PY -c "import xdist" 2>/dev/null && PYTEST_PAR+=(-n 12)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_PAR+=(--timeout 120)
 [ -n "${GPU_CHECK_K:-}" ] && PYTEST_PAR+=(-k "$GPU_CHECK_K")
 # shellcheck disable=SC2086  # GPU_CHECK_TESTS: paths / node ids, split on spaces
