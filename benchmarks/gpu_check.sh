@@ -96,25 +96,41 @@ step memcheck 60 compute-sanitizer --tool memcheck --error-exitcode 1 $PY benchm
 BENCH_ARGS=(-q -p no:cacheprovider --benchmark-only --benchmark-max-time=0.1 --benchmark-min-rounds=5
             --benchmark-columns=median,iqr,rounds)
 export UDG_BENCH_COMPILE_MODE=${UDG_BENCH_COMPILE_MODE:-default}
+bench() {  # bench NAME LIMIT PYTEST_ARGS...: a benchmark step whose finished cases survive a cut-off
+  local name=$1 limit=$2; shift 2
+  rm -f "$OUT/$name.partial.jsonl"
+  export UDG_BENCH_PARTIAL="$OUT/$name.partial.jsonl"   # benchmarks/conftest.py: a line per case
+  step "$name" "$limit" $PY -m pytest "$@" "${BENCH_ARGS[@]}" --benchmark-json="$OUT/$name.json"
+  local rc=$?
+  unset UDG_BENCH_PARTIAL
+  if [ ! -s "$OUT/$name.json" ] && [ -s "$OUT/$name.partial.jsonl" ]; then
+    $PY - "$OUT/$name.partial.jsonl" "$OUT/$name.json" <<'PYEOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+benchmarks = [{"name": r["name"], "fullname": r["fullname"], "extra_info": r["extra_info"],
+               "stats": {k: r[k] for k in ("median", "min", "iqr", "rounds")}} for r in rows]
+json.dump({"benchmarks": benchmarks, "partial": f"the step was cut off: {len(rows)} finished cases, "
+           "rebuilt from UDG_BENCH_PARTIAL"}, open(sys.argv[2], "w"), indent=1)
+PYEOF
+    echo "$name: cut off; $(wc -l <"$OUT/$name.partial.jsonl") finished cases kept in $name.json" | tee -a "$OUT/steps.txt"
+  fi
+  return $rc
+}
 # Model level (issue 8) first: the op benchmarks below have numbers from 2026-11-28 (H200), the
 # models none yet (that run gave them 75 s, not enough, and an interrupted case made
-# pytest-benchmark drop the whole JSON). DIN/DIEN training steps, fused vs reference vs
+# pytest-benchmark drop the whole JSON; `bench` now keeps the finished cases). DIN/DIEN training steps, fused vs reference vs
 # DeepCTR-Torch (skipped unless installed), at B=2048 and B=8192, plus the peak-memory case.
-step bench_models 120 $PY -m pytest benchmarks/bench_models.py "${BENCH_ARGS[@]}" \
-  -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (din or dien) and (fused or reference or deepctr) and (B2048-T50-d18 or B8192-T50-d18))}" \
-  --benchmark-json="$OUT/bench_models.json"
+bench bench_models 120 benchmarks/bench_models.py \
+  -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (din or dien) and (fused or reference or deepctr) and (B2048-T50-d18 or B8192-T50-d18))}"
 [ -s "$OUT/bench_models.json" ] && $PY benchmarks/report_models.py "$OUT/bench_models.json" --out "$OUT/bench_models.md"
 # CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 
-step bench_gated_linear 100 $PY -m pytest benchmarks/bench_gated_linear.py "${BENCH_ARGS[@]}" \
-  --benchmark-json="$OUT/bench_gated_linear.json"
-step bench_augru 90 $PY -m pytest benchmarks/bench_augru.py "${BENCH_ARGS[@]}" \
-  -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}" --benchmark-json="$OUT/bench_augru.json"
+bench bench_gated_linear 100 benchmarks/bench_gated_linear.py
+bench bench_augru 90 benchmarks/bench_augru.py -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}"
 # DIN's attention (no GPU kernel): the literal 4D concat ("eager", what the op runs on a GPU since
 # the 2026-11-28 H200 run) against the factored form — one shape (~15 s).
-step bench_din_attention 25 $PY -m pytest benchmarks/bench_din_attention.py "${BENCH_ARGS[@]}" \
-  -k "B2048-T50-D36" --benchmark-json="$OUT/bench_din_attention.json"
+bench bench_din_attention 25 benchmarks/bench_din_attention.py -k "B2048-T50-D36"
 
 # 5. Summary.
 : >"$OUT/summary.md"
