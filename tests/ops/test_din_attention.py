@@ -121,7 +121,7 @@ def test_cpu_float64_matches_reference():
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_eager_factored_form_matches_reference(masked):
-    """The form the GPU backends and torch.compile run, on CPU: packed (mask) and per sample."""
+    """The form torch.compile and the PReLU variant run, on CPU: packed (mask) and per sample."""
     B, T, D, hidden = 6, 11, 5, (9, 4)
     leaves, g = _inputs(B, T, D, hidden, seed=7)
     mask = _mask("random", B, T, g) if masked else None

@@ -21,8 +21,9 @@ Backends (udg_fast/_backend.py picks one):
     cpu        the C++ op `torch.ops.udg_fast.din_attention` (csrc/cpu/din_attention.cpp): the
                valid steps in blocks of whole samples, every layer's GEMM writing into the saved
                activations and its bias + activation applied while the rows are in cache
-    triton,    no GPU kernel: the eager factored form below (`_din_attention_eager`), whose
-    cuda       cuBLAS GEMMs are already the bulk of the work on a GPU; not measured on a GPU yet
+    triton,    no GPU kernel: the reference's literal concat, on cuBLAS. On an H200 it was the
+    cuda       faster eager form (1.46 vs 2.29 ms forward + backward, B = 2048, T = 50, D = 36): the
+               factored form's gather of the valid steps (nonzero) waits for the GPU
 Under torch.compile (any backend but reference) the eager factored form runs on every step
 (packing the valid steps has a data-dependent size), masked, and inductor fuses it.
 
