@@ -73,12 +73,27 @@ def test_cuda_extension_was_built():
     assert wanted <= built, f"built for {sorted(built)}, expected {sorted(wanted)}: {info}"
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        assert f"{major}.{minor}" in built, f"built for {sorted(built)}, not for this GPU (sm_{major}{minor})"
+        assert _backend.arch_runs(info["cuda_archs"], (major, minor)), \
+            f"built for {sorted(built)}, which cannot run on this GPU (sm_{major}{minor})"
     assert info["torch_version"] == torch.__version__
     assert udg_fast.backends()["cuda"]["built"]
     # The CUDA kernels are registered with the dispatcher.
     assert torch._C._dispatch_has_kernel_for_dispatch_key("udg_fast::gated_linear", "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("udg_fast::gated_linear_backward", "CUDA")
+
+
+@pytest.mark.parametrize("built, cap, runs", [
+    ("8.0;9.0", (8, 0), True), ("8.0;9.0", (8, 6), True), ("8.0;9.0", (8, 9), True), ("8.0;9.0", (9, 0), True),
+    ("8.0;9.0", (7, 5), False),   # T4: older than every built arch
+    ("8.0;9.0", (10, 0), False),  # Blackwell: sm_90 machine code does not run there, no PTX
+    ("9.0", (8, 0), False), ("8.6", (8, 0), False),
+    ("9.0+PTX", (10, 0), True), ("8.0+PTX", (9, 0), True), ("9.0+PTX", (8, 9), False),
+    ("", (9, 0), False), ("8.0; 9.0", (9, 0), True),
+])
+def test_arch_runs(built, cap, runs):
+    """Whether the CUDA backend's kernels can run on a GPU: the automatic choice skips `cuda` where
+    they cannot (it would fail at launch with "no kernel image is available")."""
+    assert _backend.arch_runs(built, cap) is runs
 
 
 def test_automatic_choice_on_cpu():

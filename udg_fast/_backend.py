@@ -164,6 +164,38 @@ def format_backends() -> str:
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}".rstrip() for r in rows)
 
 
+def arch_runs(built_archs: str, capability: tuple[int, int]) -> bool:
+    """Whether kernels built for `built_archs` (UDG_FAST_CUDA_ARCHS, e.g. "8.0;9.0" or "9.0+PTX")
+    run on a GPU of compute capability `capability`: machine code for sm_Mm runs on sm_Mn, n ≥ m
+    (same major), and PTX for compute_Mm on every capability ≥ M.m (the driver compiles it)."""
+    for arch in filter(None, (a.strip() for a in built_archs.replace(",", ";").split(";"))):
+        ptx = arch.endswith("+PTX")
+        try:
+            major, minor = (int(v) for v in arch.removesuffix("+PTX").split("."))
+        except ValueError:
+            continue
+        if (major, minor) <= tuple(capability) and (ptx or major == capability[0]):
+            return True
+    return False
+
+
+_cuda_arch_checked: dict[int, str | None] = {}
+
+
+def _cuda_arch_reason(device: torch.device) -> str | None:
+    """Why the built CUDA kernels cannot run on `device`'s GPU (None if they can). Before this check
+    a GPU outside the built archs (a T4, sm_75; a Blackwell, sm_100) would have failed at launch
+    with "no kernel image is available"; now the automatic choice moves on to Triton."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _cuda_arch_checked:
+        built = _C.build_info().get("cuda_archs", "")
+        cap = torch.cuda.get_device_capability(index)
+        _cuda_arch_checked[index] = None if arch_runs(built, cap) else (
+            f"the CUDA kernels were built for {built or 'no arch'}, this GPU is sm_{cap[0]}{cap[1]} "
+            f"(rebuild with UDG_FAST_CUDA_ARCHS=\"{cap[0]}.{cap[1]}\")")
+    return _cuda_arch_checked[index]
+
+
 def _ineligible(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why backend `name` cannot run tensors of this device and dtype (None if it can)."""
     st = backend_status(name)
@@ -176,8 +208,8 @@ def _ineligible(name: str, device: torch.device, dtype: torch.dtype) -> str | No
         return f"dtype {str(dtype).replace('torch.', '')} is not supported (supported: {allowed})"
     if name == "cpu" and device.type != "cpu":
         return f"needs CPU tensors, got {device.type}"
-    if name == "cuda" and device.type != "cuda":
-        return f"needs CUDA tensors, got {device.type}"
+    if name == "cuda":
+        return f"needs CUDA tensors, got {device.type}" if device.type != "cuda" else _cuda_arch_reason(device)
     if name == "triton":
         if device.type == "cuda":
             return None
