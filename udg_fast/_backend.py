@@ -138,7 +138,8 @@ def backend_status(name: str) -> BackendStatus:
             return BackendStatus(name, False, False, "extension was built without CUDA")
         if not torch.cuda.is_available():
             return BackendStatus(name, True, False, "built, but no CUDA GPU is available")
-        return BackendStatus(name, True, True, "")
+        why = _cuda_arch_reason(torch.device("cuda"))  # the current GPU (others: per call)
+        return BackendStatus(name, True, why is None, why or "")
     # triton
     ok, why = _triton_importable()
     if not ok:
