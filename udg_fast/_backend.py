@@ -220,6 +220,17 @@ def _ineligible(name: str, device: torch.device, dtype: torch.dtype) -> str | No
     return None
 
 
+def register_cpp_op(name: str, fake_forward, fake_backward, backward, setup_context) -> None:
+    """Where the extension loaded: the fake (meta) implementations of the C++ op `udg_fast::name`
+    and of `udg_fast::name_backward` (its schema and kernels are in csrc/), and the op's autograd
+    (`backward` calls `name_backward`). One place for what every op module registers."""
+    if _C is None:
+        return
+    torch.library.register_fake(f"udg_fast::{name}")(fake_forward)
+    torch.library.register_fake(f"udg_fast::{name}_backward")(fake_backward)
+    torch.library.register_autograd(f"udg_fast::{name}", backward, setup_context=setup_context)
+
+
 def constant_result(fn):
     """Mark `fn` as returning a constant for torch.compile: dynamo calls it once while tracing and
     bakes in the result, instead of tracing through the context variable and environment lookups

@@ -213,14 +213,7 @@ def _cpp_backward(ctx, grad_outputs, grad_h_n):
     return _grads(ctx, torch.ops.udg_fast.augru_backward, grad_outputs, grad_h_n)
 
 
-def _register_cpp_op():
-    torch.library.register_fake("udg_fast::augru")(_fake_forward)
-    torch.library.register_fake("udg_fast::augru_backward")(_fake_backward)
-    torch.library.register_autograd("udg_fast::augru", _cpp_backward, setup_context=_setup_context)
-
-
-if _backend._C is not None:
-    _register_cpp_op()
+_backend.register_cpp_op("augru", _fake_forward, _fake_backward, _cpp_backward, _setup_context)
 
 
 # ---- Triton op ------------------------------------------------------------------------------

@@ -236,11 +236,4 @@ def _backward(ctx, grad_scores, _grad_acts):
     return dq, dk, None, dw1, db1, dws, dbs, None
 
 
-def _register_cpp_op():
-    torch.library.register_fake("udg_fast::din_attention")(_fake_forward)
-    torch.library.register_fake("udg_fast::din_attention_backward")(_fake_backward)
-    torch.library.register_autograd("udg_fast::din_attention", _backward, setup_context=_setup_context)
-
-
-if _backend._C is not None:
-    _register_cpp_op()
+_backend.register_cpp_op("din_attention", _fake_forward, _fake_backward, _backward, _setup_context)

@@ -151,18 +151,12 @@ def _gl_backward(ctx, grad_out):
     return dx, dg, dw, (db if ctx.has_bias else None), None, None
 
 
-def _register_cpp_op():
-    torch.library.register_fake("udg_fast::gated_linear")(
-        lambda x, g, w, b, activation, gate_scale: x.new_empty((x.shape[0], w.shape[0])))
-    torch.library.register_fake("udg_fast::gated_linear_backward")(
-        lambda dy, x, g, w, out, activation, gate_scale: (
-            torch.empty_like(x), torch.empty_like(g), torch.empty_like(w), w.new_empty((w.shape[0],))))
-    torch.library.register_autograd(
-        "udg_fast::gated_linear", _gl_backward, setup_context=_gl_setup_context)
-
-
-if _backend._C is not None:
-    _register_cpp_op()
+_backend.register_cpp_op(
+    "gated_linear",
+    lambda x, g, w, b, activation, gate_scale: x.new_empty((x.shape[0], w.shape[0])),
+    lambda dy, x, g, w, out, activation, gate_scale: (
+        torch.empty_like(x), torch.empty_like(g), torch.empty_like(w), w.new_empty((w.shape[0],))),
+    _gl_backward, _gl_setup_context)
 
 
 # ---- Triton op ------------------------------------------------------------------------------

@@ -175,11 +175,4 @@ def _backward(ctx, grad_logits, _grad_a1, _grad_a2):
     return du, dw1, db1, dw2, db2, dw3, db3
 
 
-def _register_cpp_op():
-    torch.library.register_fake("udg_fast::gating_networks")(_fake_forward)
-    torch.library.register_fake("udg_fast::gating_networks_backward")(_fake_backward)
-    torch.library.register_autograd("udg_fast::gating_networks", _backward, setup_context=_setup_context)
-
-
-if _backend._C is not None:
-    _register_cpp_op()
+_backend.register_cpp_op("gating_networks", _fake_forward, _fake_backward, _backward, _setup_context)
