@@ -4,33 +4,40 @@
 // For a sample b with target q_b [D] and a valid step n with key k_n [D]:
 //
 //   a_1 = act(W_q q + W_k k + W_d (q − k) + W_p (q ⊙ k) + b_1)          fc1 is [h1, 4D]
-//       = act(qterm_b + [k_n, q_b ⊙ k_n] · W_kpᵀ)
-//           qterm = q (W_q + W_d)ᵀ + b_1   ([B, h1], once per sample, not per step)
-//           W_kp  = [W_k − W_d, W_p]        ([h1, 2D]: half the per-step FLOPs of the 4D concat)
+//       = act(qterm_b + k_n · Mᵀ_b)
+//           qterm = q (W_q + W_d)ᵀ + b_1          ([B, h1], once per sample, not per step)
+//           M_b   = W_kd + W_p diag(q_b)          ([h1, D], once per sample; W_kd = W_k − W_d)
 //   a_l = act(a_{l−1} W_lᵀ + b_l)                                        hidden layers 2..L
 //   s_n = a_L · w_outᵀ + b_out                                           the step's score
 //
+// Per step, layer 1 is one D × h1 product: a quarter of the literal 4D concat's, half of the
+// [k, q ⊙ k] · [W_kd, W_p]ᵀ form this kernel used before (2026-11-28: 48 → 44 ms forward +
+// backward at the size below, interleaved A/B runs, min of 15). The price is one GEMM per sample
+// (~25 rows × 36 × 80 at DIN's sizes: oneDNN's brgemm runs it at ~100 GFLOP/s on one Zen 4
+// core, as fast as the block GEMMs) and building M_b (h1 × D multiply-adds per sample).
+//
 // Fused in the cache sense, as gated_linear.cpp: the valid steps (idx, sorted) are cut into blocks
-// of whole samples of ~kBlockRows steps; per block the [k, q ⊙ k] rows are gathered into a block
-// buffer, each layer is one block GEMM (cpu/common.h gemm_nn) straight into the rows of the saved
-// activations, and the bias + activation pass runs on them while they are still in cache.
-// Nothing of size [B, T, ·] is written but the scores (and dk in the backward); the eager form
-// (udg_fast/ops/din_attention.py::_din_attention_eager) writes the gathered rows, every
+// of whole samples of ~kBlockRows steps; per block, layer 1 is a GEMM per sample straight into
+// the rows of the saved activations (the keys read in place when the sample's valid steps are
+// consecutive, the usual prefix mask; gathered otherwise), every later layer one block GEMM
+// (cpu/common.h gemm_nn), and the bias + activation pass runs on the rows while they are still
+// in cache. Nothing of size [B, T, ·] is written but the scores (and dk in the backward); the
+// eager form (udg_fast/ops/din_attention.py::_din_attention_eager) writes the gathered rows, every
 // pre-activation and every activation, and reads them back for σ and σ'.
 //
 // Backward per block, from the saved activations (σ' = a(1 − a), relu' = a > 0): the layer
 // gradients in turn (dW_l += dA_lᵀ a_{l−1} into the group's partial, dA_{l−1} = dA_l W_l ⊙ act'),
-// then the gathered rows are rebuilt for dW_kp += dA_1ᵀ [k, q ⊙ k], and dX = dA_1 W_kp gives dk
-// (written straight into dk's rows, zeros at the padded steps of the block's samples) and the
-// q ⊙ k part of dq. A block holds whole samples, so dq and dqterm rows are written by one block
-// only; the q term (dq += dqterm (W_q + W_d), dW_q, db_1) is three small GEMMs at the end.
-// Weight gradients: fixed groups of blocks with their own partials, summed in group order, so
-// the gradients are bit-identical run to run for a given thread count (as gated_linear.cpp).
+// then per sample dk = dA_1 M_b (into dk's rows) and dMᵀ_b = K_bᵀ dA_1, which gives
+// dW_kd += dM_b, dW_p += dM_b diag(q_b) and the q ⊙ k part of dq_b (Σ_i dM_b[i, j] W_p[i, j]).
+// A block holds whole samples, so dq and dqterm rows are written by one block only; the q term
+// (dq += dqterm W_qd, dW_qd, db_1) is three small GEMMs at the end. Weight gradients: fixed
+// groups of blocks with their own partials, summed in group order, so the gradients are
+// bit-identical run to run for a given thread count (as gated_linear.cpp).
 //
 // Measured on the development machine (one thread, B = 2048, T = 50, ~52k valid steps, D = 36,
-// hidden 80 → 40, sigmoid), forward + backward: 47 ms, against 69 ms for the eager factored form
-// and 245 ms for the literal 4D concat (benchmarks/results/cpu-ops-2026-11-28.md); perf puts
-// 68–70 % of it in the GEMM micro-kernels.
+// hidden 80 → 40, sigmoid), forward + backward: 44 ms (48 ms in the [k, q ⊙ k] form; 69 ms for
+// the eager factored form and 245 ms for the literal 4D concat, benchmarks/results/
+// cpu-ops-2026-11-28.md); perf puts ~55 % of it in the GEMM micro-kernels.
 #include "cpu/din_attention.h"
 #include "cpu/common.h"
 
@@ -84,18 +91,85 @@ UDG_INLINE T dact_of(T g, T a, bool sigm) {
   return sigm ? g * (a * (T(1) - a)) : (a > T(0) ? g : T(0));
 }
 
-// x[r] = [k_n, q_b ⊙ k_n] for the block's steps n = ix[r] (b = n / T)
+// x[r] = k_n for the block's steps n = ix[r]
 template <typename T>
-UDG_INLINE void gather_body(T* __restrict x, const T* __restrict q, const T* __restrict k,
-                            const int64_t* ix, int64_t T_, int64_t rows, int64_t D) {
+UDG_INLINE void gather_body(T* __restrict x, const T* __restrict k, const int64_t* ix, int64_t rows,
+                            int64_t D) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* __restrict kr = k + ix[r] * D;
-    const T* __restrict qr = q + (ix[r] / T_) * D;
-    T* __restrict xr = x + r * 2 * D;
-    for (int64_t j = 0; j < D; ++j) {
-      xr[j] = kr[j];
-      xr[D + j] = qr[j] * kr[j];
+    T* __restrict xr = x + r * D;
+    for (int64_t j = 0; j < D; ++j) xr[j] = kr[j];
+  }
+}
+
+// xt[j, r] = x[r, j]: a sample's gathered keys transposed ([D, n]), the A operand of dMᵀ = Kᵀ dA_1
+template <typename T>
+UDG_INLINE void transpose_body(T* __restrict xt, const T* __restrict x, int64_t n, int64_t D) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t j = 0; j < D; ++j) xt[j * n + r] = x[r * D + j];
+  }
+}
+
+// m[a, :c] = w[a, :c] + s[a] · v[a, :c]  — a sample's layer-1 matrix. Forward (a = j < D, c = h1):
+// Mᵀ_b = W_kdᵀ + diag(q_b) W_pᵀ. Backward, row-major the other way (a = i < h1, c = D, s = 1,
+// v = W_p ⊙ q_b done by scale_cols): see mcols_body.
+template <typename T>
+UDG_INLINE void mrows_body(T* __restrict m, const T* __restrict w, const T* __restrict v,
+                           const T* __restrict s, int64_t rows, int64_t cols) {
+  for (int64_t a = 0; a < rows; ++a) {
+    const T sa = s[a];
+    const T* __restrict wa = w + a * cols;
+    const T* __restrict va = v + a * cols;
+    T* __restrict ma = m + a * cols;
+    for (int64_t c = 0; c < cols; ++c) ma[c] = wa[c] + sa * va[c];
+  }
+}
+
+// m[i, j] = w[i, j] + v[i, j] · s[j]  ([h1, D]: M_b = W_kd + W_p diag(q_b), for dk = dA_1 M_b)
+template <typename T>
+UDG_INLINE void mcols_body(T* __restrict m, const T* __restrict w, const T* __restrict v,
+                           const T* __restrict s, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* __restrict wi = w + i * cols;
+    const T* __restrict vi = v + i * cols;
+    T* __restrict mi = m + i * cols;
+    for (int64_t j = 0; j < cols; ++j) mi[j] = wi[j] + vi[j] * s[j];
+  }
+}
+
+// A sample's dMᵀ_b [D, h1] folded into the block's sums and dq_b:
+//   acc_kd += dMᵀ_b;  acc_p[j] += q_b[j] dMᵀ_b[j];  dq_b[j] += Σ_i dMᵀ_b[j, i] W_pᵀ[j, i]
+// The dot product runs in kLanes independent partial sums so that the loop vectorises (a single
+// running sum is a dependency chain the compiler may not reorder: 3.6 ms of a 46 ms op call).
+template <typename T>
+UDG_INLINE void fold_body(T* __restrict acc_kd, T* __restrict acc_p, T* __restrict dq,
+                          const T* __restrict dmt, const T* __restrict q, const T* __restrict wpt,
+                          int64_t D, int64_t h1) {
+  constexpr int64_t kLanes = 16;
+  for (int64_t j = 0; j < D; ++j) {
+    const T qj = q[j];
+    const T* __restrict dj = dmt + j * h1;
+    const T* __restrict wj = wpt + j * h1;
+    T* __restrict kj = acc_kd + j * h1;
+    T* __restrict pj = acc_p + j * h1;
+    T lane[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= h1; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const T v = dj[i + l];
+        kj[i + l] += v;
+        pj[i + l] += qj * v;
+        lane[l] += v * wj[i + l];
+      }
     }
+    T dot = T(0);
+    for (; i < h1; ++i) {
+      kj[i] += dj[i];
+      pj[i] += qj * dj[i];
+      dot += dj[i] * wj[i];
+    }
+    for (int64_t l = 0; l < kLanes; ++l) dot += lane[l];
+    dq[j] += dot;
   }
 }
 
@@ -169,37 +243,50 @@ UDG_INLINE void dact_qterm_body(T* __restrict d, const T* __restrict a, T* __res
   }
 }
 
-// For every step p of the block's samples [p0, p1): dk[p] = dx[r, :D] + dx[r, D:] ⊙ q_b and
-// dq[b] += dx[r, D:] ⊙ k[p] when p is the block's valid step r (ix[r] == p), else dk[p] = 0.
+// dk[ix[r]] = dx[r] for a sample's rows r < n whose steps are not consecutive (see keys_run)
 template <typename T>
-UDG_INLINE void scatter_body(T* __restrict dk, T* __restrict dq, const T* __restrict dx,
-                             const T* __restrict q, const T* __restrict k, const int64_t* ix,
-                             int64_t rows, int64_t p0, int64_t p1, int64_t T_, int64_t D) {
+UDG_INLINE void scatter_body(T* __restrict dk, const T* __restrict dx, const int64_t* ix,
+                             int64_t n, int64_t D) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* __restrict dkp = dk + ix[r] * D;
+    const T* __restrict dxr = dx + r * D;
+    for (int64_t j = 0; j < D; ++j) dkp[j] = dxr[j];
+  }
+}
+
+// dk[p] = 0 for every step p in [p0, p1) that is not a valid step of the block (ix[0:rows])
+template <typename T>
+UDG_INLINE void zero_padded_body(T* __restrict dk, const int64_t* ix, int64_t rows, int64_t p0,
+                                 int64_t p1, int64_t D) {
   int64_t r = 0;
   for (int64_t p = p0; p < p1; ++p) {
-    T* __restrict dkp = dk + p * D;
     if (r < rows && ix[r] == p) {
-      const T* __restrict dxr = dx + r * 2 * D;
-      const T* __restrict qb = q + (p / T_) * D;
-      const T* __restrict kp = k + p * D;
-      T* __restrict dqb = dq + (p / T_) * D;
-      for (int64_t j = 0; j < D; ++j) {
-        dkp[j] = dxr[j] + dxr[D + j] * qb[j];
-        dqb[j] += dxr[D + j] * kp[j];
-      }
       ++r;
-    } else {
-      for (int64_t j = 0; j < D; ++j) dkp[j] = T(0);
+      continue;
     }
+    T* __restrict dkp = dk + p * D;
+    for (int64_t j = 0; j < D; ++j) dkp[j] = T(0);
   }
 }
 
 // float32 clones and float64 overloads of the passes above.
 #define UDG_FLOAT_AND_DOUBLE(DEF) DEF(UDG_CLONES, float) DEF(, double)
 #define UDG_DEF_PASSES(ATTR, S)                                                                \
-  ATTR void gather_rows(S* x, const S* q, const S* k, const int64_t* ix, int64_t T_,          \
-                        int64_t rows, int64_t D) {                                            \
-    gather_body<S>(x, q, k, ix, T_, rows, D);                                                  \
+  ATTR void gather_keys(S* x, const S* k, const int64_t* ix, int64_t rows, int64_t D) {       \
+    gather_body<S>(x, k, ix, rows, D);                                                         \
+  }                                                                                            \
+  ATTR void transpose_keys(S* xt, const S* x, int64_t n, int64_t D) {                          \
+    transpose_body<S>(xt, x, n, D);                                                            \
+  }                                                                                            \
+  ATTR void sample_mt(S* m, const S* w, const S* v, const S* s, int64_t rows, int64_t cols) {  \
+    mrows_body<S>(m, w, v, s, rows, cols);                                                     \
+  }                                                                                            \
+  ATTR void sample_m(S* m, const S* w, const S* v, const S* s, int64_t rows, int64_t cols) {   \
+    mcols_body<S>(m, w, v, s, rows, cols);                                                     \
+  }                                                                                            \
+  ATTR void fold_sample(S* acc_kd, S* acc_p, S* dq, const S* dmt, const S* q, const S* wpt,    \
+                        int64_t D, int64_t h1) {                                               \
+    fold_body<S>(acc_kd, acc_p, dq, dmt, q, wpt, D, h1);                                       \
   }                                                                                            \
   ATTR void act_qterm(S* h, const S* qterm, const int64_t* ix, int64_t T_, int64_t rows,      \
                       int64_t n, bool sigm) {                                                  \
@@ -219,9 +306,12 @@ UDG_INLINE void scatter_body(T* __restrict dk, T* __restrict dq, const T* __rest
                        int64_t rows, int64_t n, bool sigm) {                                   \
     dact_qterm_body<S>(d, a, dqterm, ix, T_, rows, n, sigm);                                   \
   }                                                                                            \
-  ATTR void scatter_rows(S* dk, S* dq, const S* dx, const S* q, const S* k, const int64_t* ix, \
-                         int64_t rows, int64_t p0, int64_t p1, int64_t T_, int64_t D) {        \
-    scatter_body<S>(dk, dq, dx, q, k, ix, rows, p0, p1, T_, D);                                \
+  ATTR void scatter_rows(S* dk, const S* dx, const int64_t* ix, int64_t n, int64_t D) {       \
+    scatter_body<S>(dk, dx, ix, n, D);                                                         \
+  }                                                                                            \
+  ATTR void zero_padded(S* dk, const int64_t* ix, int64_t rows, int64_t p0, int64_t p1,        \
+                        int64_t D) {                                                           \
+    zero_padded_body<S>(dk, ix, rows, p0, p1, D);                                              \
   }
 UDG_FLOAT_AND_DOUBLE(UDG_DEF_PASSES)
 #undef UDG_DEF_PASSES
@@ -319,47 +409,86 @@ Blocks make_blocks(const Net& net, const int64_t* ix) {
   return blk;
 }
 
-// W_qd = W_q + W_d ([h1, D]) and W_kp = [W_k − W_d, W_p] ([h1, 2D]), from fc1's [h1, 4D].
-std::pair<at::Tensor, at::Tensor> split_fc1(const at::Tensor& w1, int64_t D) {
+// Calls f(s0, n, b) for every sample b with valid steps in a block: its rows [s0, s0 + n) (the
+// rows are sorted by position, so a sample's rows are consecutive).
+template <typename F>
+UDG_INLINE void for_each_sample(const int64_t* ix, int64_t rows, int64_t T_, const F& f) {
+  for (int64_t r = 0; r < rows;) {
+    const int64_t b = ix[r] / T_;
+    int64_t e = r + 1;
+    while (e < rows && ix[e] / T_ == b) ++e;
+    f(r, e - r, b);
+    r = e;
+  }
+}
+
+// Whether a sample's n valid steps ix[0:n] are consecutive positions (a prefix mask, the usual
+// case): then its keys are rows of `keys` as they are, and its dk rows can be written in place —
+// no gather, no copy (the gather was ~1.2 ms of a 46 ms forward + backward, B = 2048, T = 50).
+UDG_INLINE bool keys_run(const int64_t* ix, int64_t n) { return ix[n - 1] - ix[0] == n - 1; }
+
+// fc1's [h1, 4D] weight as the factored form uses it: W_qd = W_q + W_d, W_kd = W_k − W_d and W_p
+// ([h1, D] each), and W_kdᵀ, W_pᵀ ([D, h1]) for the forward's per-sample Mᵀ_b; all contiguous.
+struct Fc1 {
+  at::Tensor qd, kd, p, kd_t, p_t;
+};
+
+Fc1 split_fc1(const at::Tensor& w1, int64_t D) {
   const auto parts = w1.split(D, 1);
-  return {parts[0] + parts[2], at::cat({parts[1] - parts[2], parts[3]}, 1).contiguous()};
+  Fc1 f;
+  f.qd = parts[0] + parts[2];
+  f.kd = parts[1] - parts[2];
+  f.p = parts[3].contiguous();
+  f.kd_t = f.kd.t().contiguous();
+  f.p_t = f.p.t().contiguous();
+  return f;
 }
 
 // ---- forward --------------------------------------------------------------------------------
 
 template <typename T>
 void forward_impl(const Net& net, const Blocks& blk, const at::Tensor& query,
-                  const at::Tensor& keys, const int64_t* ix, const at::Tensor& w_kp,
+                  const at::Tensor& keys, const int64_t* ix, const Fc1& fc1,
                   const at::Tensor& qterm, at::TensorList biases, bool sigm, at::Tensor& scores,
                   at::Tensor& acts) {
-  const int64_t D = net.D, T_ = net.T, L = static_cast<int64_t>(net.h.size());
+  const int64_t D = net.D, T_ = net.T, L = static_cast<int64_t>(net.h.size()), h1 = net.h[0];
   const T* qp = query.const_data_ptr<T>();
   const T* kp = keys.const_data_ptr<T>();
   const T* qtp = qterm.const_data_ptr<T>();
+  const T* wkdt = fc1.kd_t.const_data_ptr<T>();
+  const T* wpt = fc1.p_t.const_data_ptr<T>();
   T* sp = scores.mutable_data_ptr<T>();
   T* ap = acts.mutable_data_ptr<T>();
   std::vector<at::Tensor> bias(biases.size());
   for (size_t l = 0; l < biases.size(); ++l) bias[l] = biases[l].contiguous();
   const T b_out = bias.back().const_data_ptr<T>()[0];
   // row-major [in, out] copies of the weights for the block GEMMs (x · Wᵀ = x · (Wᵀ))
-  const at::Tensor w_kp_t = w_kp.t().contiguous();
   std::vector<at::Tensor> w_t;
   for (const auto& w : net.w) w_t.push_back(w.t().contiguous());
   const auto opts = query.options();
   const int64_t threads = at::get_num_threads();
-  // scratch: the gathered rows (max_rows × 2D) and the scores (max_rows)
-  parallel_items<T>(blk.count(), threads, blk.max_rows * (2 * D + 1), [&](int64_t i, T* buf) {
+  // scratch: the gathered keys (max_rows × D), the scores (max_rows), a sample's Mᵀ (D × h1)
+  const int64_t R = blk.max_rows;
+  parallel_items<T>(blk.count(), threads, R * (D + 1) + D * h1, [&](int64_t i, T* buf) {
     const int64_t r0 = blk.rb[i], rows = blk.rb[i + 1] - r0;
     if (rows == 0) return;
     const int64_t* bix = ix + r0;
     T* x = buf;
-    T* s = buf + rows * 2 * D;
-    gather_rows(x, qp, kp, bix, T_, rows, D);
-    // layer 1: the [k, q ⊙ k] GEMM into the saved rows, then + qterm_b and act, in cache
-    T* a = ap + net.off[0] + r0 * net.h[0];
-    gemm_nn<T>(rows, net.h[0], 2 * D, x, 2 * D, w_kp_t.const_data_ptr<T>(), net.h[0], a, net.h[0],
-               opts);
-    act_qterm(a, qtp, bix, T_, rows, net.h[0], sigm);
+    T* s = x + R * D;
+    T* mt = s + R;
+    // layer 1, per sample: its steps' keys (gathered only when not consecutive) times Mᵀ_b into
+    // the saved rows; then + qterm_b and act over the block, in cache
+    T* a = ap + net.off[0] + r0 * h1;
+    for_each_sample(bix, rows, T_, [&](int64_t s0, int64_t n, int64_t b) {
+      const T* ks = kp + bix[s0] * D;
+      if (!keys_run(bix + s0, n)) {
+        gather_keys(x + s0 * D, kp, bix + s0, n, D);
+        ks = x + s0 * D;
+      }
+      sample_mt(mt, wkdt, wpt, qp + b * D, D, h1);
+      gemm_nn<T>(n, h1, D, ks, D, mt, h1, a + s0 * h1, h1, opts);
+    });
+    act_qterm(a, qtp, bix, T_, rows, h1, sigm);
     for (int64_t l = 1; l < L; ++l) {
       T* al = ap + net.off[l] + r0 * net.h[l];
       gemm_nn<T>(rows, net.h[l], net.h[l - 1], a, net.h[l - 1], w_t[l - 1].const_data_ptr<T>(),
@@ -375,16 +504,43 @@ void forward_impl(const Net& net, const Blocks& blk, const at::Tensor& query,
 
 // ---- backward -------------------------------------------------------------------------------
 
+// The packed layout of a group's weight-gradient partial (and of their total): dW_kdᵀ [D, h1] at
+// 0, dW_pᵀ [D, h1] at p, then for weights[l] its dW at w[2l] and, for every layer but the score
+// layer (whose bias gradient is one sum at the end), its db at w[2l + 1]; every offset aligned
+// (the gradients are returned as views of the total).
+struct Packed {
+  int64_t p = 0, size = 0;
+  std::vector<int64_t> w;
+};
+
+Packed packed_layout(const Net& net) {
+  const int64_t L = static_cast<int64_t>(net.h.size()), n1 = net.D * net.h[0];
+  Packed pk;
+  pk.p = aligned_offset(n1);
+  int64_t P = aligned_offset(pk.p + n1);
+  for (int64_t l = 0; l < L; ++l) {
+    pk.w.push_back(P);
+    P = aligned_offset(P + net.w[l].numel());
+    pk.w.push_back(P);
+    if (l + 1 < L) P = aligned_offset(P + net.w[l].size(0));
+  }
+  pk.size = P;
+  return pk;
+}
+
 template <typename T>
 void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, const at::Tensor& query,
                    const at::Tensor& keys, const int64_t* ix, const at::Tensor& acts,
-                   const at::Tensor& w_kp, bool sigm, at::Tensor& dq, at::Tensor& dk,
-                   at::Tensor& dqterm, at::Tensor& partials, const std::vector<int64_t>& off) {
+                   const Fc1& fc1, bool sigm, at::Tensor& dq, at::Tensor& dk, at::Tensor& dqterm,
+                   at::Tensor& partials, const Packed& pk) {
   const int64_t D = net.D, T_ = net.T, L = static_cast<int64_t>(net.h.size());
   const T* qp = query.const_data_ptr<T>();
   const T* kp = keys.const_data_ptr<T>();
   const T* gp = gs.const_data_ptr<T>();
   const T* ap = acts.const_data_ptr<T>();
+  const T* wkd = fc1.kd.const_data_ptr<T>();
+  const T* wp = fc1.p.const_data_ptr<T>();
+  const T* wpt = fc1.p_t.const_data_ptr<T>();
   T* dqp = dq.mutable_data_ptr<T>();
   T* dkp = dk.mutable_data_ptr<T>();
   T* dqtp = dqterm.mutable_data_ptr<T>();
@@ -392,17 +548,24 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
   const auto opts = query.options();
   const int64_t threads = at::get_num_threads();
   const int64_t nblk = blk.count(), ngroup = partials.size(0);
-  const int64_t R = blk.max_rows, P = partials.size(1), h1 = net.h[0];
-  // scratch: ds (R), two activation-gradient buffers (R × h_max each), the gathered rows and
-  // their gradient (R × 2D each), bias-gradient column sums of a block and of a chunk (h_max each)
-  const int64_t scratch = R + 2 * R * net.max_h + 4 * R * D + 2 * net.max_h;
+  const int64_t R = blk.max_rows, P = partials.size(1), h1 = net.h[0], n1 = D * h1;
+  // scratch: ds (R), two activation-gradient buffers (R × h_max each), a sample's gathered keys,
+  // their gradient and the keys transposed (T × D each), its M_b, dMᵀ_b and the block's sums of
+  // dMᵀ_b and q_b ⊙ dMᵀ_b (D × h1 each), bias-gradient column sums of a block and of a chunk
+  // (h_max each)
+  const int64_t scratch = R + 2 * R * net.max_h + 3 * T_ * D + 4 * n1 + 2 * net.max_h;
   parallel_items<T>(ngroup, threads, scratch, [&](int64_t grp, T* buf) {
     T* ds = buf;
     T* cur = ds + R;
     T* nxt = cur + R * net.max_h;
     T* x = nxt + R * net.max_h;
-    T* dx = x + 2 * R * D;
-    T* colsum = dx + 2 * R * D;
+    T* dx = x + T_ * D;
+    T* xt = dx + T_ * D;
+    T* m = xt + D * T_;
+    T* dmt = m + n1;
+    T* acc_kd = dmt + n1;
+    T* acc_p = acc_kd + n1;
+    T* colsum = acc_p + n1;
     T* sub = colsum + net.max_h;
     // Bias gradients are summed in three levels — chunks of kSumRows rows, the block, the group's
     // partial (then the groups, in order) — not in one running sum, whose float32 rounding error
@@ -434,10 +597,10 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
         const int64_t hL = net.h[L - 1];
         const T* aL = ap + net.off[L - 1] + r0 * hL;
         for (int64_t r = 0; r < rows; ++r) ds[r] = gp[bix[r]];
-        at::Tensor dwo = view_of(part + off[2 * (L - 1)], 1, hL, opts);
+        at::Tensor dwo = view_of(part + pk.w[2 * (L - 1)], 1, hL, opts);
         dwo.addmm_(view_of(ds, rows, 1, opts).t(), view_of(const_cast<T*>(aL), rows, hL, opts));
         if (L > 1) {
-          bias_grad(part + off[2 * (L - 2) + 1], rows, hL, [&](int64_t c0, int64_t cr, T* cs) {
+          bias_grad(part + pk.w[2 * (L - 2) + 1], rows, hL, [&](int64_t c0, int64_t cr, T* cs) {
             dact_score(cur + c0 * hL, ds + c0, w_out, aL + c0 * hL, cs, cr, hL, sigm);
           });
         } else {
@@ -453,11 +616,11 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
           const int64_t hl = net.h[l], hp = net.h[l - 1];
           const T* a_prev = ap + net.off[l - 1] + r0 * hp;
           const at::Tensor da_t = view_of(cur, rows, hl, opts);
-          at::Tensor dwl = view_of(part + off[2 * (l - 1)], hl, hp, opts);
+          at::Tensor dwl = view_of(part + pk.w[2 * (l - 1)], hl, hp, opts);
           dwl.addmm_(da_t.t(), view_of(const_cast<T*>(a_prev), rows, hp, opts));
           gemm_nn<T>(rows, hp, hl, cur, hl, net.w[l - 1].const_data_ptr<T>(), hp, nxt, hp, opts);
           if (l > 1) {
-            bias_grad(part + off[2 * (l - 2) + 1], rows, hp, [&](int64_t c0, int64_t cr, T* cs) {
+            bias_grad(part + pk.w[2 * (l - 2) + 1], rows, hp, [&](int64_t c0, int64_t cr, T* cs) {
               dact_bias(nxt + c0 * hp, a_prev + c0 * hp, cs, cr, hp, sigm);
             });
           } else {
@@ -465,15 +628,31 @@ void backward_impl(const Net& net, const Blocks& blk, const at::Tensor& gs, cons
           }
           std::swap(cur, nxt);
         }
-        // layer 1: dW_kp += dA_1ᵀ [k, q ⊙ k] (the rows rebuilt); dX = dA_1 W_kp
-        gather_rows(x, qp, kp, bix, T_, rows, D);
-        const at::Tensor da1 = view_of(cur, rows, h1, opts);
-        at::Tensor dwkp = view_of(part, h1, 2 * D, opts);
-        dwkp.addmm_(da1.t(), view_of(x, rows, 2 * D, opts));
-        gemm_nn<T>(rows, 2 * D, h1, cur, h1, w_kp.const_data_ptr<T>(), 2 * D, dx, 2 * D, opts);
+        // layer 1, per sample b: dk = dA_1 M_b (in place when its steps are consecutive),
+        // dMᵀ_b = K_bᵀ dA_1, folded into dW_kd, dW_p and dq_b; the block's sums then go into
+        // the group's partial
+        std::fill(acc_kd, acc_kd + 2 * n1, T(0));  // acc_kd and acc_p
+        for_each_sample(bix, rows, T_, [&](int64_t s0, int64_t n, int64_t b) {
+          const T* qb = qp + b * D;
+          const T* da = cur + s0 * h1;
+          const bool run = keys_run(bix + s0, n);
+          const T* ks = kp + bix[s0] * D;
+          if (!run) {
+            gather_keys(x, kp, bix + s0, n, D);
+            ks = x;
+          }
+          sample_m(m, wkd, wp, qb, h1, D);
+          gemm_nn<T>(n, D, h1, da, h1, m, D, run ? dkp + bix[s0] * D : dx, D, opts);
+          if (!run) scatter_rows(dkp, dx, bix + s0, n, D);
+          transpose_keys(xt, ks, n, D);
+          gemm_nn<T>(D, h1, n, xt, n, da, h1, dmt, h1, opts);
+          fold_sample(acc_kd, acc_p, dqp + b * D, dmt, qb, wpt, D, h1);
+        });
+        add_inplace(part, acc_kd, n1);
+        add_inplace(part + pk.p, acc_p, n1);
       }
-      // dk over every step of the block's samples (0 at the padded ones); dq's q ⊙ k part
-      scatter_rows(dkp, dqp, dx, qp, kp, bix, rows, b0 * T_, b1 * T_, T_, D);
+      // dk is 0 at the padded steps of the block's samples
+      zero_padded(dkp, bix, rows, b0 * T_, b1 * T_, D);
     }
   });
 }
@@ -510,10 +689,10 @@ std::tuple<at::Tensor, at::Tensor> din_attention_forward(
   const at::Tensor qc = query.contiguous(), kc = keys.contiguous(), ic = idx.contiguous();
   const int64_t* ix = ic.const_data_ptr<int64_t>();
   const Blocks blk = make_blocks(net, ix);
-  const auto [w_qd, w_kp] = split_fc1(fc1_weight.contiguous(), net.D);
-  const at::Tensor qterm = at::addmm(fc1_bias, qc, w_qd.t());  // [B, h1]
+  const Fc1 fc1 = split_fc1(fc1_weight.contiguous(), net.D);
+  const at::Tensor qterm = at::addmm(fc1_bias, qc, fc1.qd.t());  // [B, h1]
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "udg_fast::din_attention (CPU)", [&] {
-    forward_impl<scalar_t>(net, blk, qc, kc, ix, w_kp, qterm, biases, sigm, scores, acts);
+    forward_impl<scalar_t>(net, blk, qc, kc, ix, fc1, qterm, biases, sigm, scores, acts);
   });
   return {scores, acts};
 }
@@ -535,17 +714,7 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   TORCH_CHECK(acts.size(0) == net.N * net.sum_h, "udg_fast::din_attention_backward (CPU): acts "
               "must hold N·Σh = ", net.N * net.sum_h, " values (the forward's), got ", acts.size(0));
   const int64_t D = net.D, h1 = net.h[0], L = static_cast<int64_t>(net.h.size());
-  // Each group's partial: dW_kp [h1, 2D] at 0, then for weights[l] its dW at off[2l] and, for
-  // every layer but the score layer (whose bias gradient is one sum at the end), its db at
-  // off[2l + 1]; every offset aligned (the gradients are returned as views of the total).
-  std::vector<int64_t> off;
-  int64_t P = aligned_offset(h1 * 2 * D);
-  for (int64_t l = 0; l < L; ++l) {
-    off.push_back(P);
-    P = aligned_offset(P + net.w[l].numel());
-    off.push_back(P);
-    if (l + 1 < L) P = aligned_offset(P + net.w[l].size(0));
-  }
+  const Packed pk = packed_layout(net);
 
   const auto opts = query.options();
   std::vector<at::Tensor> dws, dbs;
@@ -567,24 +736,24 @@ din_attention_backward(const at::Tensor& grad_scores, const at::Tensor& query,
   const Blocks blk = make_blocks(net, ix);
   const int64_t threads = at::get_num_threads();
   const int64_t ngroup = group_count(blk.count(), threads);
-  at::Tensor partials = at::zeros({ngroup, P}, opts);
-  const auto [w_qd, w_kp] = split_fc1(fc1_weight.contiguous(), D);
-  at::Tensor total = at::empty({P}, opts);
+  at::Tensor partials = at::zeros({ngroup, pk.size}, opts);
+  const Fc1 fc1 = split_fc1(fc1_weight.contiguous(), D);
+  at::Tensor total = at::empty({pk.size}, opts);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "udg_fast::din_attention_backward (CPU)", [&] {
-    backward_impl<scalar_t>(net, blk, gc, qc, kc, ix, ac, w_kp, sigm, dq, dk, dqterm, partials,
-                            off);
-    sum_groups(partials.const_data_ptr<scalar_t>(), ngroup, P, total.mutable_data_ptr<scalar_t>());
+    backward_impl<scalar_t>(net, blk, gc, qc, kc, ix, ac, fc1, sigm, dq, dk, dqterm, partials, pk);
+    sum_groups(partials.const_data_ptr<scalar_t>(), ngroup, pk.size,
+               total.mutable_data_ptr<scalar_t>());
   });
   // the q term: dq += dqterm W_qd, dW_qd = dqtermᵀ q, db_1 = Σ_b dqterm
-  dq.addmm_(dqterm, w_qd);
+  dq.addmm_(dqterm, fc1.qd);
   const at::Tensor dw_qd = dqterm.t().mm(qc);
-  const at::Tensor dw_kp = total.narrow(0, 0, h1 * 2 * D).view({h1, 2 * D});
-  const at::Tensor dw_kd = dw_kp.narrow(1, 0, D), dw_p = dw_kp.narrow(1, D, D);
+  const at::Tensor dw_kd = total.narrow(0, 0, D * h1).view({D, h1}).t();
+  const at::Tensor dw_p = total.narrow(0, pk.p, D * h1).view({D, h1}).t();
   at::Tensor dw1 = at::cat({dw_qd, dw_kd, dw_qd - dw_kd, dw_p}, 1);
   for (int64_t l = 0; l < L; ++l) {
     const auto& w = net.w[l];
-    dws.push_back(total.narrow(0, off[2 * l], w.numel()).view(w.sizes()));
-    if (l + 1 < L) dbs.push_back(total.narrow(0, off[2 * l + 1], w.size(0)));
+    dws.push_back(total.narrow(0, pk.w[2 * l], w.numel()).view(w.sizes()));
+    if (l + 1 < L) dbs.push_back(total.narrow(0, pk.w[2 * l + 1], w.size(0)));
   }
   // the score bias: Σ of grad_scores over the valid steps, one pairwise ATen sum
   dbs.push_back(gc.reshape({-1}).index_select(0, ic).sum().reshape({1}));
