@@ -202,6 +202,37 @@ def test_attention_trick_equals_the_naive_concat(activation):
             torch.testing.assert_close(a, b, msg=lambda s, name=name: f"d{name}: {s}")
 
 
+# ---- the history pooling: e_behv computed in DIN's attention pass -------------------------------
+
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_pool_with_behv_equals_separate_poolings(synth, batch, pooling):
+    """`Embedded.pool(w, with_behv=True)` (DIN + UDG: one bmm for the attention pooling and e_behv)
+    gives both poolings and every embedding gradient as two separate masked sums do; e_behv is not
+    computed twice, and the base DIN never computes it."""
+    model = _build("din", synth.schema, udg=True, pooling=pooling).double()
+    e = model.embed(batch)
+    w = torch.randn(e.mask.shape, dtype=torch.float64) * e.mask
+    out = e.pool(w, with_behv=True)
+    behv = e.behv
+    assert e.pool(w, with_behv=True) is not None and e.behv is behv  # computed once
+    valid = e.mask.unsqueeze(-1).to(e.hist.dtype)
+    want_out = (w.unsqueeze(-1) * e.hist * valid).sum(1)
+    n = e.lengths.clamp_min(1).unsqueeze(1).to(e.hist.dtype) if pooling == "mean" else 1.0
+    want_behv = ((e.hist * valid).sum(1) / n).view_as(behv)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(behv, want_behv)
+    g1, g2 = torch.randn_like(out), torch.randn_like(behv)
+    params = [model.embedding.table(f).weight for f in ("hist_item", "hist_cat")]
+    got = torch.autograd.grad((out * g1).sum() + (behv * g2).sum(), params, retain_graph=True)
+    want = torch.autograd.grad((want_out * g1).sum() + (want_behv * g2).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    base = _build("din", synth.schema).double()
+    e0 = base.embed(batch)
+    base.middle(e0, batch, aux=False)
+    assert e0._behv is None and not base.gates_read_behv and model.gates_read_behv
+
+
 # ---- DIEN's auxiliary loss --------------------------------------------------------------------
 
 def test_dien_auxiliary_loss_matches_a_loop(synth, batch):

@@ -14,7 +14,7 @@ the MLP input), `middle()`, and optionally `extra_features()` / `extra_logit()`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -59,10 +59,34 @@ class Embedded:
     user: torch.Tensor        # [B, n_user, d]   user id, profile and context fields
     item: torch.Tensor        # [B, n_item, d]   target item fields
     hist: torch.Tensor        # [B, T, D_b]      per-step behaviour embedding (D_b = n_behv · d)
-    behv: torch.Tensor        # [B, n_behv, d]   pooled over the valid steps
+    pool_w: torch.Tensor      # [B, T]           e_behv's pooling weights: 0 at padded steps (1/len for "mean")
     query: torch.Tensor       # [B, D_b]         the target item in the behaviour space (item_id, item_cat)
     mask: torch.Tensor        # [B, T] bool      valid history steps
     lengths: torch.Tensor     # [B] int64
+    _behv: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def behv(self) -> torch.Tensor:
+        """e_behv `[B, n_behv, d]`: the history pooled over the valid steps, computed on first use
+        (DIN and DIEN without UDG never use it)."""
+        if self._behv is None:
+            self._behv = self._as_behv(torch.bmm(self.pool_w.unsqueeze(1), self.hist).squeeze(1))
+        return self._behv
+
+    def _as_behv(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled.view(pooled.shape[0], -1, self.item.shape[2])
+
+    def pool(self, w: torch.Tensor, with_behv: bool = False) -> torch.Tensor:
+        """Σ_t w[b, t] · hist[b, t] → `[B, D_b]` (w `[B, T]`, 0 at padded steps). `with_behv`
+        computes e_behv in the same bmm when it is not computed yet: one pass over hist forward and
+        backward, and one gradient for it instead of two to add (3.1 against 5.9 ms at B = 2048,
+        T = 50, D_b = 36, one thread, 2026-11-28)."""
+        w = w.to(self.hist.dtype)
+        if with_behv and self._behv is None:
+            both = torch.bmm(torch.stack([w, self.pool_w], 1), self.hist)   # [B, 2, D_b]
+            self._behv = self._as_behv(both[:, 1])
+            return both[:, 0]
+        return torch.bmm(w.unsqueeze(1), self.hist).squeeze(1)
 
     @property
     def user_flat(self) -> torch.Tensor:
@@ -230,11 +254,10 @@ class CTRModel(nn.Module):
         w = mask.to(hist.dtype)
         if self.hparams["pooling"] == "mean":
             w = w / lengths.clamp_min(1).unsqueeze(1).to(hist.dtype)
-        # masked pooling: padded steps get weight 0, whatever ids they hold
-        behv = torch.bmm(w.unsqueeze(1), hist).view(hist.shape[0], len(steps), self.embed_dim)
+        # masked pooling (Embedded.behv, on first use): padded steps get weight 0, whatever ids they hold
         item = self._stack(self.item_fields, batch)
         query = item[:, [self.item_fields.index(k) for k in self.query_fields]].flatten(1)
-        return Embedded(user=self._stack(self.user_fields, batch), item=item, hist=hist, behv=behv,
+        return Embedded(user=self._stack(self.user_fields, batch), item=item, hist=hist, pool_w=w,
                         query=query, mask=mask, lengths=lengths)
 
     def embed_steps(self, batch, fields, index=None) -> torch.Tensor:
@@ -279,6 +302,13 @@ class CTRModel(nn.Module):
         n = len(self.schema.user_fields)
         profile = e.user[:, n:n + len(self.schema.profile_fields)].flatten(1).detach()  # held fixed, as the TF code
         return torch.cat([udg_emb, profile], 1)
+
+    @property
+    def gates_read_behv(self) -> bool:
+        """Whether this forward's gates read e_behv (the UDG model, the paper's gate input, gates on):
+        a middle layer that pools the history anyway can compute e_behv in the same pass
+        (`Embedded.pool(w, with_behv=True)`)."""
+        return self.udg and not self.bypass_gates and self.hparams["gate_inputs"] == "paper"
 
     def gate_logits(self, e: Embedded, batch, udg_emb=None) -> list[torch.Tensor] | None:
         """One `[B, K_l]` logit tensor per MLP layer, or None for the base model / bypassed gates."""

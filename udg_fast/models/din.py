@@ -106,4 +106,4 @@ class DIN(CTRModel):
 
     def middle(self, e: Embedded, batch, aux: bool):
         w = attention_weights(self.attention(e.query, e.hist, e.mask), e.mask, self.hparams["att_norm"])
-        return torch.bmm(w.unsqueeze(1).to(e.hist.dtype), e.hist).squeeze(1), None
+        return e.pool(w, with_behv=self.gates_read_behv), None
