@@ -20,7 +20,9 @@ Backends (udg_fast/_backend.py picks one):
                (the oracle, and what the model costs without udg_fast's kernels)
     cpu        the C++ op `torch.ops.udg_fast.din_attention` (csrc/cpu/din_attention.cpp): the
                valid steps in blocks of whole samples, every layer's GEMM writing into the saved
-               activations and its bias + activation applied while the rows are in cache
+               activations and its bias + activation applied while the rows are in cache; the
+               first layer one GEMM per sample, k · M_bᵀ with M_b = (W_k − W_d) + W_p diag(q_b)
+               `[h1, D]`: D inputs per step instead of 2D
     triton,    no GPU kernel: the reference's literal concat, on cuBLAS. On an H200 it was the
     cuda       faster eager form (1.46 vs 2.29 ms forward + backward, B = 2048, T = 50, D = 36): the
                factored form's gather of the valid steps (nonzero) waits for the GPU
