@@ -62,7 +62,7 @@ demo: build
 # The model grid compiles with torch.compile only at the targets' shape (~20 s of compile a case).
 bench: build
 	$(PY) -m pytest benchmarks/bench_gated_linear.py benchmarks/bench_augru.py benchmarks/bench_din_attention.py \
-	  benchmarks/bench_gating_networks.py -q -p no:cacheprovider \
+	  benchmarks/bench_gating_networks.py benchmarks/bench_embedding_backward.py -q -p no:cacheprovider \
 	  --benchmark-only --benchmark-json=benchmarks/results/latest-cpu-ops.json
 	$(PY) -m pytest benchmarks/bench_models.py -q -p no:cacheprovider --benchmark-only \
 	  -k "not compile or B2048-T50-d18" --benchmark-json=benchmarks/results/latest-cpu-models.json

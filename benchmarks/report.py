@@ -17,7 +17,7 @@ BACKENDS = ("cpu", "triton", "cuda")
 
 
 def _shape(extra: dict) -> str:
-    keys = [k for k in ("cell", "batch", "T", "H", "d_in", "d_out", "embed_dim", "model", "threads") if k in extra]
+    keys = [k for k in ("cell", "batch", "T", "V", "H", "d_in", "d_out", "embed_dim", "model", "threads") if k in extra]
     return " ".join(f"{k}={extra[k]}" for k in keys)
 
 

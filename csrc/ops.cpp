@@ -70,6 +70,11 @@ TORCH_LIBRARY(udg_fast, m) {
       "gating_networks_backward(Tensor[] grad_logits, Tensor u, Tensor a1, Tensor a2, "
       "Tensor fc1_weight, Tensor fc2_weight, Tensor[] fc3_weights) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[])");
+
+  // The dense weight gradient of an embedding lookup, see udg_fast/ops/embedding_backward.py:
+  //   dW[v] = Σ_{i : ids[i] = v} grad[i], dW[padding_idx] = 0 (padding_idx < 0: none).
+  // grad: [N, d]; ids: [N] int64 in [0, num_rows). Returns [num_rows, d]. CPU only.
+  m.def("embedding_backward(Tensor grad, Tensor ids, int num_rows, int padding_idx) -> Tensor");
 }
 
 namespace {

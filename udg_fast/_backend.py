@@ -1,8 +1,8 @@
 """Backend selection for udg_fast ops: the one place that decides which kernel runs.
 
-Four backends implement gated_linear and augru; din_attention and gating_networks have a
-reference and a cpu kernel, and on the GPU backends run eager forms (see their modules in
-udg_fast/ops/):
+Four backends implement gated_linear and augru; din_attention, gating_networks and
+embedding_backward have a reference and a cpu kernel, and on the GPU backends run eager forms (see
+their modules in udg_fast/ops/):
 
     reference  plain eager PyTorch (udg_fast/ops/naive.py), the oracle; any device, any dtype
     cpu        C++ kernels in csrc/cpu/, through the extension udg_fast._C (float32, float64)

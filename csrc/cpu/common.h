@@ -171,8 +171,12 @@ inline int64_t aligned_offset(int64_t n) { return (n + 15) / 16 * 16; }
 // a[0:n] += b[0:n] (float32: a vectorised clone per ISA level; float64: plain). Internal linkage:
 // each kernel file gets its own clones and resolver.
 namespace {
-UDG_CLONES void add_inplace(float* a, const float* b, int64_t n) { add_body<float>(a, b, n); }
-void add_inplace(double* a, const double* b, int64_t n) { add_body<double>(a, b, n); }
+[[maybe_unused]] UDG_CLONES void add_inplace(float* a, const float* b, int64_t n) {
+  add_body<float>(a, b, n);
+}
+[[maybe_unused]] void add_inplace(double* a, const double* b, int64_t n) {
+  add_body<double>(a, b, n);
+}
 }  // namespace
 
 // out[0:P] = Σ_g parts[g, 0:P], g = 0 … ngroup − 1 in order (see kGroupsPerThread).

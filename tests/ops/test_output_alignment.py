@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import udg_fast
+from udg_fast.models.embedding import _Lookup
 from udg_fast.ops import augru, din_attention, gated_linear, gating_networks
 
 from ._utils import backend_params, device_for
@@ -49,6 +50,8 @@ def _cases(device):
     din = [t.to(device=device, dtype=torch.float32).requires_grad_(True) for t in din]
     gn, _ = _gn_inputs(5, 3, 7, (3, 5), seed=6)
     gn = [t.to(device=device, dtype=torch.float32).requires_grad_(True) for t in gn]
+    emb = torch.randn(7, 5, device=device, requires_grad=True)
+    ids = torch.tensor([[0, 3, 3], [6, 1, 0]], device=device)
     return [
         ("gated_linear", lambda x, gl_, w, b: gated_linear(x, gl_, w, b, "relu", 2.0), gl),
         ("augru", lambda x, wi, wh, bi, bh, a, h0: augru(x, wi, wh, bi, bh, a, lengths, h0), ag),
@@ -56,6 +59,8 @@ def _cases(device):
                                                                    "sigmoid"), din),
         ("gating_networks", lambda u, w1, b1, w2, b2, *p: gating_networks(u, w1, b1, w2, b2, list(p[:2]),
                                                                            list(p[2:])), gn),
+        # embedding_backward is the backward of the models' lookup (a 7-row table, 5 wide)
+        ("embedding_backward", lambda w: _Lookup.apply(w, ids, 0), [emb]),
     ]
 
 

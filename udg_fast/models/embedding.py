@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from udg_fast._backend import constant_result
 from udg_fast.data import Schema
+from udg_fast.ops.embedding_backward import embedding_backward
 
 # Embeddings start at N(0, 0.01²), not nn.Embedding's N(0, 1). Measured here on ml-100k (W&D, the
 # authors' 3-epoch recipe, seed 0, docs/models.md): N(0, 1) → test AUC 0.681, N(0, 0.01²) → 0.791
@@ -18,39 +18,26 @@ DEFAULT_INIT_STD = 0.01
 
 
 class _Lookup(torch.autograd.Function):
-    """`F.embedding(ids, weight)` whose backward accumulates with `index_put_(accumulate=True)`
-    (one thread) or `index_add_` (more) instead of `embedding_dense_backward`: the same dense
-    `[V, d]` gradient (the padding row 0), summed in input order rather than sorted-index order
-    (all deterministic on CPU). Measured, ids [2048, 50] into a [1683, 18] table, wall clock:
-    one thread 5.4 ms (embedding_dense_backward) vs 1.6 (index_put_) vs 3.1 (index_add_); two
-    threads 4.4 vs 3.6 vs 2.2 — 7.5 ms of a one-thread DIN training step (two history lookups).
-    The backward is itself differentiable (the cold-start meta-gradient differentiates through
-    it)."""
+    """`F.embedding(ids, weight)` whose backward is the op `udg_fast.ops.embedding_backward` instead
+    of `embedding_dense_backward`: the same dense `[V, d]` gradient (the padding row 0), summed in
+    input order rather than sorted-index order (deterministic on CPU). Measured, ids [2048, 50]
+    into a [1683, 18] table, wall clock: one thread 5.0 ms (embedding_dense_backward), 3.1
+    (index_put_, the op's eager form), 0.33 (its C++ kernel); two threads 3.3, 2.4 (index_add_),
+    0.30 (benchmarks/bench_embedding_backward.py). The backward is itself differentiable (the
+    cold-start meta-gradient differentiates through it: the op then runs its eager form)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None, index_add: bool = False):
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None):
         ctx.save_for_backward(ids)
-        ctx.num_rows, ctx.padding_idx, ctx.index_add = weight.shape[0], padding_idx, index_add
+        ctx.num_rows, ctx.padding_idx = weight.shape[0], padding_idx
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
     def backward(ctx, grad):
         (ids,) = ctx.saved_tensors
         d = grad.shape[-1]
-        flat_ids, flat_grad = ids.reshape(-1), grad.reshape(-1, d)
-        if ctx.index_add:
-            gw = grad.new_zeros(ctx.num_rows, d).index_add_(0, flat_ids, flat_grad)
-        else:
-            gw = grad.new_zeros(ctx.num_rows, d).index_put_((flat_ids,), flat_grad, accumulate=True)
-        if ctx.padding_idx is not None:
-            gw = gw.index_fill(0, ids.new_tensor([ctx.padding_idx]), 0)
-        return gw, None, None, None
-
-
-@constant_result
-def _cpu_threads() -> int:
-    # a constant to torch.compile (decided once per graph, like the ops' backend choice)
-    return torch.get_num_threads()
+        gw = embedding_backward(grad.reshape(-1, d), ids.reshape(-1), ctx.num_rows, ctx.padding_idx)
+        return gw, None, None
 
 
 def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -58,8 +45,7 @@ def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     `[..., d]`. Tables with max_norm, scale_grad_by_freq or sparse gradients go to nn.Embedding."""
     if table.max_norm is not None or table.scale_grad_by_freq or table.sparse:
         return table(ids)
-    index_add = table.weight.device.type == "cpu" and _cpu_threads() > 1
-    return _Lookup.apply(table.weight, ids, table.padding_idx, index_add)
+    return _Lookup.apply(table.weight, ids, table.padding_idx)
 
 
 def init_embedding_(table: nn.Embedding, std: float) -> None:
