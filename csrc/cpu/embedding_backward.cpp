@@ -15,9 +15,9 @@
 // ids [2048, 50] into [1683, 18]), as each thread streams the whole gradient through its caches.
 // One thread also makes the result independent of the thread count: every row summed in input
 // order. Measured (benchmarks/bench_embedding_backward.py, ids [2048, 50] into [1683, 18], wall
-// clock, 2026-11-28; benchmarks/results/cpu-ops-2026-11-28b.md): 0.33 ms with one torch thread set
-// (0.30 with two) against 3.1 (index_put_, one thread), 2.4 (index_add_, two threads) and
-// 5.0 / 3.3 (embedding_dense_backward, one / two threads).
+// clock, 2026-11-28; benchmarks/results/cpu-ops-2026-11-28b.md): 0.31 ms with one torch thread set
+// (0.32 with two) against 2.4 (index_put_, one thread), 2.9 (index_add_, two threads) and
+// 3.4 / 2.8 (embedding_dense_backward, one / two threads).
 #include "cpu/embedding_backward.h"
 #include "cpu/common.h"
 
