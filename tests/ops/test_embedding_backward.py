@@ -86,6 +86,26 @@ def test_cpu_sums_in_input_order_at_any_thread_count(case):
         assert torch.equal(got, want), f"{threads} threads: max |diff| {(got - want).abs().max().item()}"
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_strided_gradients(backend):
+    """The kernel reads grad's rows where they are: a column slice of a wider gradient (the models'
+    history: one field's d of the concatenated n·d), an expanded one (row stride 0), and a
+    transposed one (column stride ≠ 1, made contiguous) — each equal to its contiguous copy."""
+    device = device_for(backend)
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, 9, (40,), generator=g).to(device)
+    wide = torch.randn(40, 3 * 5, generator=g).to(device)
+    cases = {"column slice": wide[:, 5:10], "expanded": torch.randn(1, 5, generator=g).to(device).expand(40, 5),
+             "transposed": torch.randn(5, 40, generator=g).to(device).t()}
+    for name, grad in cases.items():
+        with udg_fast.use_backend(backend), torch.no_grad():
+            got = embedding_backward(grad, ids, 9, 0)
+            want = embedding_backward(grad.contiguous(), ids, 9, 0)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(got.cpu().double(), _nn_embedding_grad(grad.cpu(), ids.cpu(), 9, 0),
+                                   rtol=1e-6, atol=1e-6)  # float32 sums against float64
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_model_lookup_gradient_and_its_gradient(backend):
     """The models' lookup: nn.Embedding's gradient through the op, and twice differentiable (the
@@ -117,6 +137,8 @@ def test_opcheck_cpp_op():
     grad, ids = _inputs((50, 9, 6, 0), torch.float32, seed=7)
     torch.library.opcheck(torch.ops.udg_fast.embedding_backward.default, (grad, ids, 9, 0))
     torch.library.opcheck(torch.ops.udg_fast.embedding_backward.default, (grad.double(), ids, 9, -1))
+    wide = torch.randn(50, 15)
+    torch.library.opcheck(torch.ops.udg_fast.embedding_backward.default, (wide[:, 4:10], ids, 9, 0))
 
 
 def test_cpp_op_checks_its_arguments():

@@ -93,7 +93,9 @@ def embedding_backward(grad: torch.Tensor, ids: torch.Tensor, num_rows: int,
     if backend != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
         # the GPU backends have no kernel; create_graph=True needs a differentiable gradient
         return embedding_backward_reference(grad, ids, num_rows, padding_idx)
-    return torch.ops.udg_fast.embedding_backward(grad.contiguous(), ids.contiguous(), num_rows,
+    # grad's rows are read where they are (a column slice of the models' [B, T, n·d] history
+    # gradient needs no copy); only a strided last dim is made contiguous (by the kernel)
+    return torch.ops.udg_fast.embedding_backward(grad, ids.contiguous(), num_rows,
                                                   -1 if padding_idx is None else padding_idx)
 
 
