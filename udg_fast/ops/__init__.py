@@ -15,7 +15,8 @@ from udg_fast.ops.gating_networks import gating_networks  # noqa: E402
 from udg_fast.ops.naive import gating_networks_reference  # noqa: E402
 
 # embedding_backward (the dense gradient of an embedding lookup)
-from udg_fast.ops.embedding_backward import embedding_backward, embedding_backward_reference  # noqa: E402
+from udg_fast.ops.embedding_backward import embedding_backward  # noqa: E402
+from udg_fast.ops.naive import embedding_backward_reference  # noqa: E402
 
 __all__ = ["gated_linear", "gated_linear_reference", "augru", "augru_reference", "din_attention",
            "din_attention_reference", "gating_networks", "gating_networks_reference",

@@ -9,9 +9,15 @@ the two history fields alone are B·T rows (102,400 at the benchmark's B = 2048,
 of them padded steps.
 
 Backends (udg_fast/_backend.py picks one):
-    reference  `index_put_(accumulate=True)` on one CPU thread and on GPUs, `index_add_` on more
-               CPU threads (each faster than `embedding_dense_backward` there; measured in
-               benchmarks/bench_embedding_backward.py); then the padding row zeroed
+    reference  naive.embedding_backward_reference: on CPU `index_put_(accumulate=True)` on one thread, `index_add_` on more (each
+               faster than `embedding_dense_backward` there: benchmarks/bench_embedding_backward.py),
+               then the padding row zeroed; on GPUs `embedding_dense_backward` (nn.Embedding's),
+               whose CUDA kernel reduces runs of equal ids in parallel and skips the padding id.
+               CUDA's `index_put_(accumulate=True)` adds each run of equal ids serially
+               (pytorch/pytorch#41162), and half the history steps are padding: a 51k-row run at
+               B = 2048. With it every model's training step on an H200 grew linearly with the
+               batch (DIN: 28.5 ms at B = 2048, 111.6 at 8192; benchmarks/results/
+               gpu-h200-2026-11-28b). The switch is not measured on a GPU yet.
     cpu        the C++ op `torch.ops.udg_fast.embedding_backward` (csrc/cpu/embedding_backward.cpp):
                one pass over the ids on one thread, each gradient row added into its table row in
                input order, padding ids skipped (ids [2048, 50] into [1683, 18]: 0.31 ms against
@@ -20,36 +26,20 @@ Backends (udg_fast/_backend.py picks one):
     triton,    no GPU kernel: the reference
     cuda
 A gradient that must itself be differentiable (create_graph=True: the cold-start meta-gradient)
-is the reference's: index_put_ / index_add_ are differentiable in `grad`.
+is the reference's: index_put_, index_add_ and embedding_dense_backward are differentiable in
+`grad`.
 """
 from __future__ import annotations
 
 import torch
 
 from udg_fast import _backend
+from udg_fast.ops.naive import embedding_backward_reference
 
 
 @_backend.constant_result
 def _select(device: torch.device, dtype: torch.dtype) -> str:
     return _backend.select("embedding_backward", device, dtype)
-
-
-@_backend.constant_result
-def _cpu_threads() -> int:
-    # a constant to torch.compile (decided once per graph, like the ops' backend choice)
-    return torch.get_num_threads()
-
-
-def embedding_backward_reference(grad: torch.Tensor, ids: torch.Tensor, num_rows: int,
-                                 padding_idx: int | None = None) -> torch.Tensor:
-    """The eager form (see the module docstring); differentiable in `grad`."""
-    if grad.device.type == "cpu" and _cpu_threads() > 1:
-        gw = grad.new_zeros(num_rows, grad.shape[1]).index_add_(0, ids, grad)
-    else:
-        gw = grad.new_zeros(num_rows, grad.shape[1]).index_put_((ids,), grad, accumulate=True)
-    if padding_idx is not None:
-        gw = gw.index_fill(0, ids.new_tensor([padding_idx]), 0)
-    return gw
 
 
 def _validate(grad, ids, num_rows, padding_idx):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from udg_fast._backend import constant_result
+
 
 def gated_linear_reference(
     x: torch.Tensor,
@@ -167,6 +169,31 @@ def gating_networks_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3
 
 
 # ---- double backward ------------------------------------------------------------------------------
+
+@constant_result
+def _cpu_threads() -> int:
+    # a constant to torch.compile (decided once per graph, like the ops' backend choice)
+    return torch.get_num_threads()
+
+
+def embedding_backward_reference(grad: torch.Tensor, ids: torch.Tensor, num_rows: int,
+                                 padding_idx: int | None = None) -> torch.Tensor:
+    """The dense `[num_rows, d]` gradient of an embedding lookup (udg_fast.ops.embedding_backward):
+    row v the sum of the `grad` rows whose id is v, the padding row 0. Differentiable in `grad`.
+    CPU: index_put_ on one thread, index_add_ on more (each faster there than
+    embedding_dense_backward); GPUs: embedding_dense_backward, whose CUDA kernel reduces runs of
+    equal ids in parallel (CUDA's index_put_ adds them serially, pytorch/pytorch#41162)."""
+    if grad.device.type != "cpu":
+        return torch.ops.aten.embedding_dense_backward(grad, ids, num_rows,
+                                                       -1 if padding_idx is None else padding_idx, False)
+    if _cpu_threads() > 1:
+        gw = grad.new_zeros(num_rows, grad.shape[1]).index_add_(0, ids, grad)
+    else:
+        gw = grad.new_zeros(num_rows, grad.shape[1]).index_put_((ids,), grad, accumulate=True)
+    if padding_idx is not None:
+        gw = gw.index_fill(0, ids.new_tensor([padding_idx]), 0)
+    return gw
+
 
 def reference_vjp(reference, args, grad_outputs, differentiable):
     """Gradients of `reference(*args)` against `grad_outputs`, themselves differentiable: what the
