@@ -110,9 +110,8 @@ UDG_INLINE void transpose_body(T* __restrict xt, const T* __restrict x, int64_t 
   }
 }
 
-// m[a, :c] = w[a, :c] + s[a] · v[a, :c]  — a sample's layer-1 matrix. Forward (a = j < D, c = h1):
-// Mᵀ_b = W_kdᵀ + diag(q_b) W_pᵀ. Backward, row-major the other way (a = i < h1, c = D, s = 1,
-// v = W_p ⊙ q_b done by scale_cols): see mcols_body.
+// m[a, :c] = w[a, :c] + s[a] · v[a, :c]: the forward's per-sample Mᵀ_b = W_kdᵀ + diag(q_b) W_pᵀ
+// ([D, h1]; the backward's M_b in the other layout is mcols_body)
 template <typename T>
 UDG_INLINE void mrows_body(T* __restrict m, const T* __restrict w, const T* __restrict v,
                            const T* __restrict s, int64_t rows, int64_t cols) {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import udg_fast
-from udg_fast.ops import embedding_backward, embedding_backward_reference
+from udg_fast.ops import embedding_backward
 
 from ._utils import backend_params, device_for, skip_unless_usable, torch_threads
 
@@ -170,10 +170,12 @@ def test_bad_input_names_the_argument(args, exc, match):
         embedding_backward(*args)
 
 
-def test_reference_is_the_eager_form():
-    """The reference backend is index_put_ / index_add_ (what the models ran before the kernel)."""
+def test_reference_is_nn_embeddings_gradient_on_both_cpu_paths():
+    """The reference backend on CPU: index_put_ on one thread, index_add_ on more — each equal to
+    nn.Embedding's gradient. (Its GPU path, embedding_dense_backward, is test_matches_nn_embedding
+    on the cuda and triton backends.)"""
     grad, ids = _inputs((100, 11, 3, 0), torch.float64, seed=9)
-    with udg_fast.use_backend("reference"), torch.no_grad():
-        got = embedding_backward(grad, ids, 11, 0)
-    torch.testing.assert_close(got, embedding_backward_reference(grad, ids, 11, 0), rtol=0, atol=0)
-    torch.testing.assert_close(got, _nn_embedding_grad(grad, ids, 11, 0))
+    for threads in (1, 2):
+        with torch_threads(threads), udg_fast.use_backend("reference"), torch.no_grad():
+            got = embedding_backward(grad, ids, 11, 0)
+        torch.testing.assert_close(got, _nn_embedding_grad(grad, ids, 11, 0), msg=lambda m: f"{threads}: {m}")
