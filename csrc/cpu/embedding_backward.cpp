@@ -32,26 +32,30 @@ namespace {
 using namespace detail;
 
 // out[ids[i]] += g[i] for every i with ids[i] ≠ pad, in input order (rows of width d; g's rows
-// ld apart)
+// ld apart). Checks the ids in the same pass: returns the first i with ids[i] outside [0, V),
+// or -1.
 template <typename T>
-UDG_INLINE void accumulate_body(T* __restrict out, const T* __restrict g, int64_t ld,
-                                const int64_t* ids, int64_t n, int64_t d, int64_t pad) {
+UDG_INLINE int64_t accumulate_body(T* __restrict out, const T* __restrict g, int64_t ld,
+                                   const int64_t* ids, int64_t n, int64_t d, int64_t V,
+                                   int64_t pad) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t v = ids[i];
+    if (v < 0 || v >= V) return i;
     if (v == pad) continue;
     T* __restrict o = out + v * d;
     const T* __restrict gi = g + i * ld;
     for (int64_t j = 0; j < d; ++j) o[j] += gi[j];
   }
+  return -1;
 }
 
-UDG_CLONES void accumulate(float* out, const float* g, int64_t ld, const int64_t* ids, int64_t n,
-                           int64_t d, int64_t pad) {
-  accumulate_body<float>(out, g, ld, ids, n, d, pad);
+UDG_CLONES int64_t accumulate(float* out, const float* g, int64_t ld, const int64_t* ids,
+                              int64_t n, int64_t d, int64_t V, int64_t pad) {
+  return accumulate_body<float>(out, g, ld, ids, n, d, V, pad);
 }
-void accumulate(double* out, const double* g, int64_t ld, const int64_t* ids, int64_t n,
-                int64_t d, int64_t pad) {
-  accumulate_body<double>(out, g, ld, ids, n, d, pad);
+int64_t accumulate(double* out, const double* g, int64_t ld, const int64_t* ids, int64_t n,
+                   int64_t d, int64_t V, int64_t pad) {
+  return accumulate_body<double>(out, g, ld, ids, n, d, V, pad);
 }
 
 }  // namespace
@@ -74,18 +78,16 @@ at::Tensor embedding_backward(const at::Tensor& grad, const at::Tensor& ids, int
   const at::Tensor gc = grad.stride(1) == 1 ? grad : grad.contiguous(), ic = ids.contiguous();
   const int64_t n = ic.size(0), d = gc.size(1), ld = gc.stride(0);
   const int64_t* ix = ic.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(ix[i] >= 0 && ix[i] < num_rows, op, " (CPU): ids must be in [0, num_rows = ",
-                num_rows, "), got ids[", i, "] = ", ix[i]);
-  }
   at::Tensor out = at::zeros({num_rows, d}, gc.options());
-  if (n == 0 || d == 0 || num_rows == 0) return out;
   const int64_t pad = padding_idx;  // < 0: never equal to an id
+  int64_t bad = -1;
   AT_DISPATCH_FLOATING_TYPES(gc.scalar_type(), "udg_fast::embedding_backward (CPU)", [&] {
     const scalar_t* g = gc.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    accumulate(o, g, ld, ix, n, d, pad);  // one thread: see the top of the file
+    bad = accumulate(o, g, ld, ix, n, d, num_rows, pad);  // one thread: see the top of the file
   });
+  TORCH_CHECK(bad < 0, op, " (CPU): ids must be in [0, num_rows = ", num_rows, "), got ids[", bad,
+              "] = ", bad < 0 ? 0 : ix[bad]);
   return out;
 }
 
