@@ -20,6 +20,8 @@
 # SIGINT first, so pytest still prints its failures and writes its JUnit/benchmark JSON (the first
 # run, 2026-11-27 on an H200, was killed with SIGTERM and left only progress dots).
 #
+# Before the call, here: `bash benchmarks/fetch_gpu_wheels.sh` (DeepCTR-Torch and what it needs, for
+# the models' comparison; the GPU machine has no network), and give the call `carry: [".bench-wheels"]`.
 # On the lent machine (the device tool), snapshot the results into $OUT while it runs, so that a
 # cut-off call still brings back what was done:
 #   mkdir -p /tmp/gc; (while sleep 15; do tar czf $OUT/p.tgz -C /tmp gc && mv $OUT/p.tgz $OUT/gc.tgz; done) &
@@ -116,12 +118,23 @@ PYEOF
   fi
   return $rc
 }
-# Model level (issue 8) first: the op benchmarks below have numbers from 2026-11-28 (H200), the
-# models none yet (that run gave them 75 s, not enough, and an interrupted case made
-# pytest-benchmark drop the whole JSON; `bench` now keeps the finished cases). DIN/DIEN training steps, fused vs reference vs
-# DeepCTR-Torch (skipped unless installed), at B=2048 and B=8192, plus the peak-memory case.
-bench bench_models 120 benchmarks/bench_models.py \
-  -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (din or dien) and (fused or reference or deepctr) and (B2048-T50-d18 or B8192-T50-d18))}"
+# DeepCTR-Torch for the models' comparison: the GPU image has no network and (2026-11-28) no
+# deepctr-torch. Install, offline, from the wheels carried along (benchmarks/fetch_gpu_wheels.sh;
+# GPU_CHECK_WHEELS, default .bench-wheels) only what the machine cannot import; without them the
+# deepctr cases are skipped and say why.
+WHEELS=${GPU_CHECK_WHEELS:-.bench-wheels}
+if [ -d "$WHEELS" ]; then
+  step bench_deps 60 $PY benchmarks/gpu_bench_deps.py "$WHEELS"
+  [ -f "$OUT/bench_deps.log" ] && tail -2 "$OUT/bench_deps.log"
+else
+  echo "bench_deps rc=skipped (no $WHEELS: benchmarks/fetch_gpu_wheels.sh)" | tee -a "$OUT/steps.txt"
+fi
+# Model level (issue 8) first (the op benchmarks below have numbers from the 2026-11-28 H200 runs),
+# training steps and the peak-memory case. B=2048: all ten variants fused (UDG / base for each),
+# DIN and DIEN on the reference backend, DeepCTR-Torch's five; B=8192: the ten fused, DIN and DIEN
+# on the reference backend.
+bench bench_models 150 benchmarks/bench_models.py \
+  -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (B2048-T50-d18 or B8192-T50-d18) and (fused or ((din or dien) and reference) or (B2048 and deepctr)))}"
 [ -s "$OUT/bench_models.json" ] && $PY benchmarks/report_models.py "$OUT/bench_models.json" --out "$OUT/bench_models.md"
 # CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
