@@ -6,7 +6,8 @@ The lent GPU machine has no network and (2026-11-28) no deepctr-torch; benchmark
 downloads the wheels here and the device tool carries them along. Only the distributions whose
 module cannot be imported are installed (`pip install --no-index --no-deps --find-links`), so the
 image's own numpy / scipy / tqdm stay as they are. Prints whether udg_fast.bench can then import
-DeepCTR-Torch; exits non-zero if it cannot (the deepctr benchmark cases are then skipped, saying why).
+DeepCTR-Torch. A missing folder or a failed install is reported, not an error (exit 0): the deepctr
+benchmark cases are then skipped, saying why, and the rest of the GPU check is unaffected.
 """
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     wheels = pathlib.Path(argv[0])
-    if not wheels.is_dir():
-        print(f"gpu_bench_deps: {wheels} is not a directory (run benchmarks/fetch_gpu_wheels.sh)", file=sys.stderr)
-        return 2
     missing = [d for m, d in DISTRIBUTIONS.items() if importlib.util.find_spec(m) is None]
     print("missing:", " ".join(missing) or "nothing")
-    if missing:
+    if missing and not wheels.is_dir():
+        print(f"gpu_bench_deps: no wheels folder {wheels} (run benchmarks/fetch_gpu_wheels.sh here and carry it)")
+    elif missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links",
                         str(wheels), *missing], check=False)
     importlib.invalidate_caches()
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
 
     ok, why = bench.deepctr_available()
     print("deepctr-torch:", "importable" if ok else why)
-    return 0 if ok else 1
+    return 0
 
 
 if __name__ == "__main__":
