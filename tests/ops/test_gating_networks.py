@@ -98,6 +98,30 @@ def test_cpu_float64_matches_reference():
         _check("cpu", case, torch.float64, seed=200 + i)
 
 
+@pytest.mark.parametrize("case", [CASES[3], CASES[5]], ids=_ids)
+def test_cpu_autocast_runs_the_gemms_in_bf16(case):
+    """Under CPU autocast the op runs its eager form, so its GEMMs take the autocast dtype as
+    nn.Linear's would (the C++ kernel computes in fp32: logits would come back float32). Logits
+    and every gradient against the float64 reference, within 2x the error of the reference
+    networks run under the same autocast."""
+    skip_unless_usable("cpu")
+    B, Du, H, ks = case
+    L = len(ks)
+    leaves, g = _inputs(B, Du, H, ks, seed=300 + B)
+    grads = [torch.randn(B, k, generator=g, dtype=torch.float64) for k in ks]
+    f32 = [t.float() for t in leaves]
+    with udg_fast.use_backend("cpu"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, dl = _run(gating_networks, f32, L, grads)
+    with udg_fast.use_backend("reference"), torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf, dl_bf = _run(gating_networks_reference, f32, L, grads)
+    out64, dl64 = _run(gating_networks_reference, leaves, L, grads)
+    assert [o.dtype for o in out] == [torch.bfloat16] * L
+    assert all(d.dtype == torch.float32 for d in dl)  # the leaves' (fp32) gradients
+    names = ([f"logits[{i}]" for i in range(L)] + ["du", "dfc1_weight", "dfc1_bias", "dfc2_weight", "dfc2_bias"]
+             + [f"dfc3_weights[{i}]" for i in range(L)] + [f"dfc3_biases[{i}]" for i in range(L)])
+    assert_all_close_to_reference("cpu+autocast", names, out + dl, out64 + dl64, out_bf + dl_bf, floor=1e-2)
+
+
 def test_eager_form_matches_reference():
     """The form the GPU backends and torch.compile run, on CPU."""
     leaves, g = _inputs(6, 7, 5, (4, 9, 2), seed=7)
