@@ -8,8 +8,8 @@
 # 2. runs the CUDA-marked tests and every op test on the GPU (cuda + triton against reference,
 #    bf16/fp16 included), in parallel workers, one PASSED/FAILED line per test;
 # 3. runs compute-sanitizer memcheck on one small case of every CUDA op;
-# 4. runs the GPU benchmarks (pytest-benchmark, synchronised timings, a reduced grid) and
-#    CUDA-graph timings;
+# 4. runs the GPU benchmarks (pytest-benchmark, synchronised timings, a reduced grid), a profile of
+#    one DIN + UDG and one DIEN + UDG training step, and CUDA-graph timings;
 # 5. writes OUT_DIR/summary.md and OUT_DIR/summary.json (+ the logs).
 # A short re-check (a lease with little time left): GPU_CHECK_STEPS="build tests" runs only the
 # steps named (the others are listed as skipped), GPU_CHECK_TESTS replaces the test paths and
@@ -131,6 +131,9 @@ step bench_deps 60 $PY benchmarks/gpu_bench_deps.py "${GPU_CHECK_WHEELS:-.bench-
 bench bench_models 150 benchmarks/bench_models.py \
   -k "${MODELS_BENCH_FILTER:-peak_memory or (train and (B2048-T50-d18 or B8192-T50-d18) and (fused or ((din or dien) and reference) or (B2048 and deepctr)))}"
 [ -s "$OUT/bench_models.json" ] && $PY benchmarks/report_models.py "$OUT/bench_models.json" --out "$OUT/bench_models.md"
+# Where a DIN + UDG and a DIEN + UDG step's device time goes (torch.profiler, fused and reference):
+# the 2026-11-28 H200 steps grew linearly with the batch and the cause was inferred, not seen.
+step profile 45 $PY benchmarks/profile_step.py "$OUT/profile"
 # CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 

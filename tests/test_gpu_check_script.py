@@ -30,3 +30,23 @@ def test_gpu_check_runs_with_every_step_skipped(tmp_path):
     assert set(summary["steps"]) == set(names)
     assert all(s["rc"] == "skipped" for s in summary["steps"].values())
     assert (tmp_path / "summary.md").read_text().count("rc=skipped") == len(steps)
+
+
+def test_profile_step_writes_its_tables_on_cpu(tmp_path):
+    """benchmarks/profile_step.py (a GPU-check step) on the CPU, tiny: both files, one entry per
+    case and provider, the top operators named with their times."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import profile_step
+    finally:
+        sys.path.pop(0)
+    assert profile_step.main([str(tmp_path), "--cases", "pnn+udg", "--providers", "fused,reference",
+                              "--batch", "16", "--steps", "1", "--device", "cpu"]) == 0
+    res = json.loads((tmp_path / "profile_step.json").read_text())
+    assert [(r["case"], r["provider"]) for r in res] == [("pnn+udg", "fused"), ("pnn+udg", "reference")]
+    for r in res:
+        assert r["wall_ms_per_step"] > 0 and r["top"] and all(t["name"] for t in r["top"])
+    # the fused model runs udg_fast's ops, the reference model none of its C++ kernels
+    assert any(t["name"].startswith("udg_fast::") for t in res[0]["top"])
+    assert not any(t["name"].startswith("udg_fast::") for t in res[1]["top"])
+    assert "## pnn+udg (fused), B = 16, cpu" in (tmp_path / "profile_step.md").read_text()
