@@ -120,3 +120,72 @@ def recommend(model: CTRModel, user_id: int, item_ids, k: int = 10, *, exclude: 
     p = score_candidates(model, user_id, items, **kw)
     top = torch.topk(p, min(k, len(p)))
     return items[top.indices], top.values
+
+
+class _Scorer(torch.nn.Module):
+    """`model.score` as a module for torch.export: batch dict → click probabilities `[B]`, with the
+    same mapping of unknown ids to the padding id (`CTRModel.sanitize`) inside the graph."""
+
+    def __init__(self, model: CTRModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        b = self.model.sanitize(batch)
+        return torch.sigmoid(self.model._forward(b, None, aux=False)[0].float())
+
+
+def export(model: CTRModel, example_batch: Mapping[str, torch.Tensor], dynamic_batch: bool = True,
+           kernels: bool = True):
+    """`model.score` as a `torch.export.ExportedProgram`, for serving without the model's Python
+    code: `torch.export.save(ep, "model.pt2")`, then `torch.export.load("model.pt2").module()(batch)`
+    → probabilities `[B]`, unknown ids mapped to the padding id inside the program as `score` does.
+
+    Args:
+        model: a built or loaded CTRModel (any of the ten variants); exported in eval mode (the
+            caller's mode is restored).
+        example_batch: a batch with the fields `model.required_fields()` (others are dropped), on
+            any device (moved to the model's); with `dynamic_batch` at least 2 rows (torch.export
+            specialises a dimension of size 1).
+        dynamic_batch: the batch dimension is dynamic (any size ≥ 1 at run time); False fixes it
+            to the example's. The history length T is always the example's.
+        kernels: True keeps udg_fast's ops (`torch.ops.udg_fast.*`, the fused C++ / CUDA kernels)
+            in the program, so it runs as fast as `model.score` but needs `import udg_fast` before
+            `torch.export.load`. False exports every op's `reference` form: ATen operators only,
+            loadable with torch alone, slower where the kernels matter (DIN / DIEN attention).
+    Returns:
+        the ExportedProgram; its `module()` takes the batch dict and returns float32 `[B]`.
+
+    Example:
+        >>> ep = serving.export(model, batch)
+        >>> torch.export.save(ep, "din_udg.pt2")
+        >>> import udg_fast; torch.export.load("din_udg.pt2").module()(batch)   # == model.score(batch)
+    """
+    import contextlib
+
+    from udg_fast import use_backend
+
+    if not isinstance(model, CTRModel):
+        raise ModelError(f"export: model must be a udg_fast CTRModel, got {type(model).__name__}")
+    model.check_batch(example_batch)
+    dev = next(model.parameters()).device
+    batch = {f: torch.as_tensor(example_batch[f]).to(dev) for f in model.required_fields()}
+    sizes = {f: (t.shape[0] if t.dim() else None) for f, t in batch.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ModelError(f"export: every field of example_batch must have the same size in dimension 0 "
+                         f"(the batch), got {sizes}")
+    n = next(iter(sizes.values()))
+    if dynamic_batch and n < 2:
+        raise ModelError(f"export: with dynamic_batch, example_batch needs at least 2 rows (torch.export "
+                         f"specialises a dimension of size 1), got {n}")
+    dynamic = None
+    if dynamic_batch:
+        rows = torch.export.Dim("batch", min=1)
+        dynamic = ({f: {0: rows} for f in batch},)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), (use_backend("reference") if not kernels else contextlib.nullcontext()):
+            return torch.export.export(_Scorer(model), (batch,), dynamic_shapes=dynamic)
+    finally:
+        model.train(was)

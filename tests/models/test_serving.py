@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import udg_fast
 from udg_fast import models, serving
 from udg_fast.models import ModelError
 
@@ -76,3 +77,76 @@ def test_serving_errors(model, synth):
         serving.score_candidates(model, 1, [1, 2])
     with pytest.raises(ModelError, match="unknown profile/context field"):
         serving.score_candidates(model, 1, [1, 2], item_cats=[1, 1], history_cats=[], profile={"height": 3})
+
+
+# ---- torch.export ------------------------------------------------------------------------------
+
+def _udg_ops(ep) -> set[str]:
+    return {str(n.target) for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith("udg_fast.")}
+
+
+@pytest.mark.parametrize("name", ["pnn", "din", "dien"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+def test_export_scores_like_the_model_at_another_batch_size(synth, batch, name, kernels):
+    """The exported program (dynamic batch: exported at 64 rows, run at 23 and 2) gives
+    model.score's probabilities, unknown ids included; with kernels it holds udg_fast's fused ops
+    where the CPU backend runs them, without them none."""
+    torch.manual_seed(1)
+    m = models.build(name, synth.schema, udg=True, **tiny_hp(name))
+    m.train()
+    ep = serving.export(m, batch, kernels=kernels)
+    assert m.training  # the caller's mode is restored
+    if kernels and udg_fast.backends()["cpu"]["usable"]:
+        want = {"pnn": {"gating_networks", "gated_linear"}, "din": {"gating_networks", "gated_linear", "din_attention"},
+                "dien": {"gating_networks", "gated_linear", "din_attention", "augru"}}[name]
+        assert {f"udg_fast.{op}.default" for op in want} <= _udg_ops(ep)
+    if not kernels:
+        assert _udg_ops(ep) == set()
+    f = ep.module()
+    for rows in (slice(3, 26), slice(0, 2)):
+        b = {k: v[rows] for k, v in batch.items()}
+        b["user_id"] = b["user_id"].clone()
+        b["user_id"][0] = 10**6  # an unknown user: padding inside the program, as score does
+        torch.testing.assert_close(f({k: b[k] for k in m.required_fields()}), m.score(b), rtol=1e-5, atol=1e-6)
+
+
+def test_exported_reference_program_loads_without_udg_fast(model, batch, tmp_path):
+    """kernels=False: saved, then loaded and run in a fresh interpreter that never imports udg_fast."""
+    import subprocess
+    import sys
+
+    ep = serving.export(model, batch, kernels=False)
+    torch.export.save(ep, tmp_path / "m.pt2")
+    inputs = {k: batch[k][:17] for k in model.required_fields()}
+    torch.save(inputs, tmp_path / "batch.pt")
+    code = ("import sys, torch\n"
+            "ep = torch.export.load(sys.argv[1])\n"
+            "b = torch.load(sys.argv[2], weights_only=True)\n"
+            "torch.save(ep.module()(b), sys.argv[3])\n"
+            "assert 'udg_fast' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt2"), str(tmp_path / "batch.pt"),
+                          str(tmp_path / "p.pt")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "p.pt", weights_only=True), model.score(inputs),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_exported_program_with_kernels_round_trips(model, batch, tmp_path):
+    ep = serving.export(model, batch)
+    torch.export.save(ep, tmp_path / "m.pt2")
+    f = torch.export.load(tmp_path / "m.pt2").module()
+    inputs = {k: batch[k][5:40] for k in model.required_fields()}
+    torch.testing.assert_close(f(inputs), model.score(inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_export_errors(model, batch):
+    with pytest.raises(ModelError, match="export: model must be a udg_fast CTRModel, got Linear"):
+        serving.export(torch.nn.Linear(2, 1), batch)
+    with pytest.raises(ModelError, match=r"lacks field\(s\) 'hist_len'"):
+        serving.export(model, {k: v for k, v in batch.items() if k != "hist_len"})
+    with pytest.raises(ModelError, match="needs at least 2 rows.*got 1"):
+        serving.export(model, {k: v[:1] for k, v in batch.items()})
+    with pytest.raises(ModelError, match="same size in dimension 0"):
+        serving.export(model, {**batch, "item_id": batch["item_id"][:5]})
+    ep = serving.export(model, {k: v[:1] for k, v in batch.items()}, dynamic_batch=False)
+    assert ep.module()({k: batch[k][:1] for k in model.required_fields()}).shape == (1,)

@@ -27,7 +27,8 @@ Backends (udg_fast/_backend.py picks one):
     cuda       faster eager form (1.46 vs 2.29 ms forward + backward, B = 2048, T = 50, D = 36): the
                factored form's gather of the valid steps (nonzero) waits for the GPU
 Under torch.compile (any backend but reference) the eager factored form runs on every step
-(packing the valid steps has a data-dependent size), masked, and inductor fuses it.
+(packing the valid steps has a data-dependent size), masked, and inductor fuses it. torch.export
+keeps the C++ op (`udg_fast.serving.export`: an exported DIN scores as fast as the eager model).
 
 Double backward (create_graph=True) returns the reference's gradient (naive.reference_vjp).
 """
@@ -137,7 +138,7 @@ def din_attention(
     backend = _select(query.device, query.dtype)
     if backend == "reference":
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         return _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     if backend != "cpu":
         # No GPU kernel. There the literal concat is the faster eager form: 1.46 ms forward +
