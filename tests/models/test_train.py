@@ -142,6 +142,20 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     assert again["auc"] == pytest.approx(saved["test"]["auc"], abs=1e-6)
     assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+    # export: the program scores test rows as the checkpoint's model does
+    ds = data.load("synthetic", cache=False, progress=False, n_users=40, samples_per_user=30, max_len=10)
+    model, _ = train.load_checkpoint(out / "best.pt", ds.schema)
+    rows = next(ds.test.batches(37, fields=model.required_fields()))
+    for extra, name, in_graph in (([], "m.pt2", True), (["--reference"], "r.pt2", False)):
+        assert cli.main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / name),
+                         "--example-rows", "16", *extra]) == 0
+        printed = capsys.readouterr().out
+        assert f"wrote {tmp_path / name}" in printed and ("udg_fast ops in the program: gated_linear" in printed) == in_graph
+        prog = torch.export.load(tmp_path / name).module()
+        torch.testing.assert_close(prog(rows), model.score(rows), rtol=1e-5, atol=1e-6)
+    assert cli.main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "x.pt2"),
+                     "--example-rows", "1"]) == 2
+    assert "--example-rows must be >= 2" in capsys.readouterr().err and not (tmp_path / "x.pt2").exists()
     assert cli.main(argv[:-3] + ["--hp", "colour=blue", "--out", str(out)]) == 2
     assert "unknown hyper-parameter(s) 'colour'" in capsys.readouterr().err
     with pytest.raises(SystemExit):

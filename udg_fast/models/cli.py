@@ -6,6 +6,7 @@
                    [--patience 1] [--device auto] [--threads N] [--resume DIR/last.pt]
     torchrun --nproc_per_node=N -m udg_fast.cli train ... --distributed   (DDP; --batch-size is global)
     udg-fast evaluate --checkpoint DIR/best.pt [--split test]
+    udg-fast export --checkpoint DIR/best.pt --out model.pt2 [--reference]
 """
 from __future__ import annotations
 
@@ -75,6 +76,21 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.set_defaults(func=_cmd_evaluate)
+
+    x = subparsers.add_parser("export", help="export a checkpoint's scoring as a torch.export program (.pt2)",
+                              description="Reload the checkpoint and its dataset, export model.score with a dynamic "
+                                          "batch (udg_fast.serving.export), check the program against the model on "
+                                          "example rows, and write it atomically. Load it with `import udg_fast; "
+                                          "torch.export.load(PATH).module()(batch)` (with --reference: torch alone).")
+    x.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by udg-fast train")
+    x.add_argument("--out", required=True, help="the .pt2 file to write")
+    x.add_argument("--reference", action="store_true",
+                   help="export every op's reference form: ATen only, loads without udg_fast, slower for DIN/DIEN")
+    x.add_argument("--example-rows", type=int, default=256,
+                   help="rows of the test split to export with and to check the program on (>= 2)")
+    add_data_arguments(x, dataset_default=None, dataset_help="another dataset than the checkpoint's")
+    x.add_argument("--threads", type=int, default=None)
+    x.set_defaults(func=_cmd_export)
 
 
 def _fail(msg: str) -> int:
@@ -184,26 +200,35 @@ def _train(args) -> int:
     return 0
 
 
+def _load_run(args, device):
+    """The checkpoint's dataset (or --dataset) and its model: (dataset, model, checkpoint)."""
+    from udg_fast import data, train
+    from udg_fast.models import ModelError
+
+    ckpt = train.read_checkpoint(args.checkpoint)
+    info = dict(ckpt.get("dataset") or {})
+    if args.dataset is not None:
+        info = {"name": args.dataset, "path": args.data_path, "options": {}}
+    if not info.get("name"):
+        raise ModelError(f"{args.checkpoint}: records no dataset; pass --dataset")
+    opts = {**info.get("options", {}), **parse_pairs(args.data_option, "data option")}
+    ds = data.load(info["name"], args.data_path or info.get("path"), progress=False, **opts)
+    model, ckpt = train.load_checkpoint(args.checkpoint, ds.schema, map_location=device)
+    return ds, model, ckpt
+
+
 def _cmd_evaluate(args) -> int:
     import torch
 
-    from udg_fast import data, train
+    from udg_fast import train
     from udg_fast.data import DataError
     from udg_fast.models import ModelError
 
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        ckpt = train.read_checkpoint(args.checkpoint)
-        info = dict(ckpt.get("dataset") or {})
-        if args.dataset is not None:
-            info = {"name": args.dataset, "path": args.data_path, "options": {}}
-        if not info.get("name"):
-            raise ModelError(f"{args.checkpoint}: records no dataset; pass --dataset")
-        opts = {**info.get("options", {}), **parse_pairs(args.data_option, "data option")}
-        ds = data.load(info["name"], args.data_path or info.get("path"), progress=False, **opts)
         device = train.resolve_device(args.device)
-        model, ckpt = train.load_checkpoint(args.checkpoint, ds.schema, map_location=device)
+        ds, model, ckpt = _load_run(args, device)
         split = ds[args.split]
         m = train.evaluate_split(model, split, train.positive_rate(ds.train), args.batch_size, device)
     except (DataError, ModelError, ValueError) as e:
@@ -214,4 +239,43 @@ def _cmd_evaluate(args) -> int:
     cfg = ckpt["config"]
     print(f"{args.checkpoint} (epoch {ckpt['epoch'] + 1}) on {ds.name} {args.split}:")
     print(train.format_table({_label(cfg["model"], cfg["udg"]): m}))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import torch
+
+    from udg_fast import serving
+    from udg_fast.data import DataError
+    from udg_fast.data.cache import atomic_write_bytes
+    from udg_fast.models import ModelError
+
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.example_rows < 2:
+            raise ValueError(f"--example-rows must be >= 2 (torch.export specialises a batch of 1), got {args.example_rows}")
+        ds, model, _ = _load_run(args, torch.device("cpu"))
+        split = ds.test if len(ds.test) >= 2 else ds.train
+        if len(split) < 2:
+            raise ValueError(f"{ds.name}: needs at least 2 rows in its test or train split to export with")
+        batch = next(split.batches(min(args.example_rows, len(split)), fields=model.required_fields()))
+        ep = serving.export(model, batch, kernels=not args.reference)
+        # the program must score the example rows as the model does before it is written
+        diff = (ep.module()(batch) - model.score(batch)).abs().max().item()
+        if not diff <= 1e-5:
+            raise ModelError(f"the exported program differs from model.score by {diff:.3g} on the example rows")
+        out = Path(args.out)
+        atomic_write_bytes(out, lambda f: torch.export.save(ep, f))
+    except (DataError, ModelError, ValueError) as e:
+        return _fail(str(e))
+    ops = sorted({str(n.target).split(".")[1] for n in ep.graph.nodes
+                  if n.op == "call_function" and str(n.target).startswith("udg_fast.")})
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): model.score of {args.checkpoint}, dynamic batch, "
+          f"max |difference| {diff:.2g} on {len(batch['hist_len'])} example rows")
+    if ops:
+        print(f"udg_fast ops in the program: {', '.join(ops)}; load it with "
+              f"`import udg_fast; torch.export.load({str(out)!r}).module()(batch)`")
+    else:
+        print(f"ATen operators only; load it with `torch.export.load({str(out)!r}).module()(batch)`")
     return 0
