@@ -78,8 +78,9 @@ def add_parsers(subparsers) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
     x = subparsers.add_parser("export", help="export a checkpoint's scoring as a torch.export program (.pt2)",
-                              description="Reload the checkpoint and its dataset, export model.score with a dynamic "
-                                          "batch (udg_fast.serving.export), check the program against the model on "
+                              description="Reload the checkpoint and its dataset, export model.score on the CPU with a "
+                                          "dynamic batch (udg_fast.serving.export; call it from Python with a model on "
+                                          "a GPU for a GPU program), check the program against the model on "
                                           "example rows, and write it atomically. Load it with `import udg_fast; "
                                           "torch.export.load(PATH).module()(batch)` (with --reference: torch alone).")
     x.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by udg-fast train")
