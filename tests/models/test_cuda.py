@@ -40,3 +40,19 @@ def test_cuda_float32_matches_cpu(synth, batch, name, tmp_path):
     path = train.save_checkpoint(tmp_path / "gpu.pt", gpu, epoch=0)
     back, _ = train.load_checkpoint(path, synth.schema, map_location="cpu")
     torch.testing.assert_close(back.score(batch), cpu.score(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["din", "dien"])
+def test_export_on_cuda_scores_like_the_model(synth, batch, name, tmp_path):
+    """serving.export of a model on the GPU: the program (the GPU backends' ops kept, saved and
+    loaded) gives model.score's probabilities at another batch size."""
+    from udg_fast import serving
+
+    train.set_seed(2)
+    gpu = models.build(name, synth.schema, udg=True, **tiny_hp(name)).cuda()
+    b = {k: v.cuda() for k, v in batch.items()}
+    ep = serving.export(gpu, b)
+    torch.export.save(ep, tmp_path / "m.pt2")
+    prog = torch.export.load(tmp_path / "m.pt2").module()
+    rows = {k: b[k][7:30] for k in gpu.required_fields()}
+    torch.testing.assert_close(prog(rows), gpu.score(rows), rtol=1e-5, atol=1e-6)
