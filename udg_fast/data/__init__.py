@@ -8,15 +8,18 @@
     >>> for batch in ds.train.batches(256, shuffle=True, seed=epoch): ...
 
 Datasets: ``ml-100k`` (default, by name), ``ml-1m``, ``ml-20m``, ``ml-latest``,
-``amazon-electronics``, ``alimama`` (by path) and ``synthetic``. See docs/data.md for the sample
+``amazon-electronics``, ``alimama`` (by path), ``synthetic``, and your own log: ``interactions``
+(by path) or ``from_interactions(frame, ...)``. See docs/data.md for the sample
 format, the split and history rules, and the cache.
 """
 from .api import COMMON_OPTIONS, DATASETS, DatasetSpec, available, info, load, prepare
 from .cache import PREPROCESS_VERSION, cache_root
 from .core import PAD, SPLITS, DataError, Dataset, Field, Schema, Split
+from .interactions import from_interactions
 
 __all__ = [
     "load",
+    "from_interactions",
     "prepare",
     "info",
     "available",

@@ -8,7 +8,7 @@ import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import alimama, amazon, movielens, synthetic
+from . import alimama, amazon, interactions, movielens, synthetic
 from . import cache as _cache
 from .core import DataError, Dataset, check_options, compute_stats
 from .source import Source
@@ -47,6 +47,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "alimama": DatasetSpec(
         "alimama", "Alimama / Taobao display ads: the four Tianchi csv files (folder or zip)",
         alimama.sources, alimama.build, alimama.OPTIONS, True, alimama.PERF_OPTIONS),
+    "interactions": DatasetSpec(
+        "interactions", "your own interaction log: a CSV, TSV or Parquet file, one row per interaction "
+        "(columns named by the *_col options)", interactions.sources, interactions.build, interactions.OPTIONS, True),
     "synthetic": DatasetSpec(
         "synthetic", "generated CTR data with planted user-dependent preferences",
         synthetic.sources, synthetic.build, synthetic.OPTIONS, False),
