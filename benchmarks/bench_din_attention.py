@@ -11,6 +11,8 @@ Providers:
     deepctr   DeepCTR-Torch's `LocalActivationUnit` (the 4D concat on every step; benchmarks only,
               skipped where it is not installed)
     cpu       the C++ kernel (csrc/cpu/din_attention.cpp)
+    triton    the Triton kernels (kernels/din_attention.py; on a GPU only: the interpreter is
+              not a timing)
 
     pytest benchmarks/bench_din_attention.py --benchmark-only -k "B2048-T50-D36" [--benchmark-json out.json]
     python benchmarks/report.py out.json
@@ -41,7 +43,8 @@ SLOW = ("eager", "deepctr")
 
 def _providers():
     cpu = ["cpu"] if DEVICE.type == "cpu" and udg_fast.backends()["cpu"]["usable"] else []
-    return ["eager", "factored", "deepctr"] + cpu
+    gpu = ["triton"] if DEVICE.type == "cuda" and udg_fast.backends()["triton"]["usable"] else []
+    return ["eager", "factored", "deepctr"] + cpu + gpu
 
 
 def _inputs(b, t, d, requires_grad):

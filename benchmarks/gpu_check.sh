@@ -134,14 +134,14 @@ bench bench_models 150 benchmarks/bench_models.py \
 # Where a DIN + UDG and a DIEN + UDG step's device time goes (torch.profiler, fused and reference):
 # the 2026-11-28 H200 steps grew linearly with the batch and the cause was inferred, not seen.
 step profile 45 $PY benchmarks/profile_step.py "$OUT/profile"
+# DIN's attention: the Triton kernels (the op's GPU choice since 2026-11-28, not yet timed) against
+# the literal 4D concat ("eager", the choice before) and the factored form — one shape (~15 s).
+bench bench_din_attention 25 benchmarks/bench_din_attention.py -k "B2048-T50-D36"
 # CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 
 bench bench_gated_linear 100 benchmarks/bench_gated_linear.py
 bench bench_augru 90 benchmarks/bench_augru.py -k "${AUGRU_BENCH_FILTER:-B1024-T50 or B4096-T100-H64}"
-# DIN's attention (no GPU kernel): the literal 4D concat ("eager", what the op runs on a GPU since
-# the 2026-11-28 H200 run) against the factored form — one shape (~15 s).
-bench bench_din_attention 25 benchmarks/bench_din_attention.py -k "B2048-T50-D36"
 
 # 5. Summary.
 : >"$OUT/summary.md"

@@ -103,6 +103,18 @@ def test_automatic_choice_on_cpu():
     assert _backend.select("gated_linear", torch.device("cpu"), torch.float16) == "reference"
 
 
+def test_gpu_order_is_per_op(monkeypatch):
+    """With every backend usable (simulated), a CUDA tensor goes to `cuda` for the ops with CUDA
+    kernels, and to `triton` for din_attention (which has a Triton kernel and no CUDA one)."""
+    monkeypatch.setattr(_backend, "_ineligible", lambda name, device, dtype: None)
+    cuda = torch.device("cuda")
+    assert _backend.select("gated_linear", cuda, torch.float32) == "cuda"
+    assert _backend.select("augru", cuda, torch.float32) == "cuda"
+    assert _backend.select("din_attention", cuda, torch.float32) == "triton"
+    monkeypatch.setattr(_backend, "_ineligible", lambda name, device, dtype: "no" if name == "triton" else None)
+    assert _backend.select("din_attention", cuda, torch.float32) == "cuda"
+
+
 def test_use_backend_nests_and_restores():
     assert _backend.forced_backend() is None
     with udg_fast.use_backend("reference"):

@@ -16,7 +16,7 @@ from udg_fast.ops.din_attention import _din_attention_eager
 from ._utils import (assert_all_close_to_reference, assert_compile_matches_eager, backend_params, device_for,
                      skip_unless_usable, torch_threads)
 
-FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12}
+FLOOR = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2, torch.float16: 1e-3}
 GRAD_NAMES = ["dquery", "dkeys", "dfc1_weight", "dfc1_bias"]
 
 # (B, T, D, hidden, activation, mask kind): odd sizes, one hidden layer to three, both activations.
@@ -178,17 +178,63 @@ def test_cpp_op_checks_its_arguments():
         op(q, k, torch.tensor([0]), w1, b1, [w.repeat(2, 1)], [b.repeat(2)], "relu")
 
 
-def test_deterministic_and_nan_at_padded_steps_stays_there():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", [CASES[3], CASES[7], CASES[9]], ids=_ids)
+def test_triton_low_precision(case, dtype):
+    """The Triton kernels on 16-bit inputs (fp32 inside) against float64, within 2x the error of
+    the reference run in that dtype."""
+    skip_unless_usable("triton")
+    _check("triton", case, dtype, seed=40 + CASES.index(case))
+
+
+def test_triton_runs_its_kernels_where_they_cover_the_call(monkeypatch):
+    """One or two hidden layers (the second <= 64 wide) with sigmoid / ReLU run the Triton
+    kernels (forward and backward, counted); three hidden layers or a wider second one run the
+    eager form."""
+    skip_unless_usable("triton")
+    import udg_fast.kernels.din_attention as kern
+
+    calls = []
+    for name in ("din_attention_fwd", "din_attention_bwd"):
+        real = getattr(kern, name)
+        monkeypatch.setattr(kern, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
+    for hidden, expect in (((80, 40), True), ((6,), True), ((300,), True), ((9, 7, 5), False), ((8, 65), False)):
+        calls.clear()
+        leaves, g = _inputs(3, 5, 4, hidden, seed=50)
+        n = len(hidden)
+        with udg_fast.use_backend("triton"):
+            _run(din_attention, [t.float() for t in leaves], None, n, "relu", torch.randn(3, 5, generator=g))
+        assert calls == (["din_attention_fwd", "din_attention_bwd"] if expect else []), hidden
+
+
+@pytest.mark.cuda
+def test_opcheck_triton_op():
+    """On CUDA only: opcheck traces the op with fake tensors, which the interpreter cannot run."""
+    skip_unless_usable("triton")
+    leaves, g = _inputs(4, 9, 6, (8, 4), seed=60)
+    d = torch.device("cuda")
+    q, k, w1, b1, *rest = [t.to(device=d, dtype=torch.float32).requires_grad_() for t in leaves]
+    mask = _mask("prefix", 4, 9, g).to(d)
+    from udg_fast.ops.din_attention import _register_triton_ops
+
+    _register_triton_ops()
+    torch.library.opcheck(torch.ops.udg_fast.din_attention_triton.default,
+                          (q, k, mask, w1, b1, rest[:2], rest[2:], "sigmoid", "ieee"))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_deterministic_and_nan_at_padded_steps_stays_there(backend):
     """Two runs give the same bits; a NaN key at a padded step reaches no score and no gradient
-    (the kernel never reads padded steps; its dk there is exactly 0)."""
-    skip_unless_usable("cpu")
+    (the kernels never read padded steps; their dk there is exactly 0)."""
+    skip_unless_usable(backend)
     B, T, D, hidden = 40, 30, 8, (16, 8)
     leaves, g = _inputs(B, T, D, hidden, seed=14)
     mask = _mask("prefix", B, T, g)
     leaves = [t.float() for t in leaves]
     leaves[1][~mask] = float("nan")
     gs = torch.randn(B, T, generator=g, dtype=torch.float64)
-    with udg_fast.use_backend("cpu"):
+    leaves, mask = [t.to(device_for(backend)) for t in leaves], mask.to(device_for(backend))
+    with udg_fast.use_backend(backend):
         s1, g1 = _run(din_attention, leaves, mask, 2, "sigmoid", gs)
         s2, g2 = _run(din_attention, leaves, mask, 2, "sigmoid", gs)
     assert torch.equal(s1, s2) and all(torch.equal(a, b) for a, b in zip(g1, g2))

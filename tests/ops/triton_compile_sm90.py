@@ -4,8 +4,8 @@ layout and shared-memory rules, so a kernel can pass them and still fail to buil
 
 Run as a script, without TRITON_INTERPRET (tests/ops/test_triton_compile.py does that); prints one
 line per kernel (its shared memory) and exits non-zero on the first failure. Every autotune config
-of the gated_linear kernels is compiled, and both the on-chip and the chunked AUGRU kernels at
-their largest tiles; then every kernel once more with each integer argument equal to 1, which
+of the gated_linear kernels is compiled, both the on-chip and the chunked AUGRU kernels at
+their largest tiles, and the din_attention kernels at DIN's sizes and their largest tiles; then every kernel once more with each integer argument equal to 1, which
 Triton specialises into a compile-time Python int (B=1 broke the chunked AUGRU kernel on an H200,
 2026-11-28: `B.to(...)` on an int).
 """
@@ -20,6 +20,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import udg_fast.kernels.augru as augru  # noqa: E402
+import udg_fast.kernels.din_attention as din_attention  # noqa: E402
 import udg_fast.kernels.gated_linear as gated_linear  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -63,6 +64,20 @@ def main():
         compile_kernel(augru._augru_bwd_kernel, on_chip, ints_equal_one=ones)
         compile_kernel(augru._augru_fwd_chunked_kernel, chunked, ints_equal_one=ones)
         compile_kernel(augru._augru_bwd_chunked_kernel, chunked, ints_equal_one=ones)
+    # DIN's attention at DIN's padded sizes (D 36 → 64, H2 40 → 64) and the largest tiles, two
+    # hidden layers with sigmoid and one with ReLU, both dot precisions (TF32 operands take more
+    # shared memory); then DIN's sizes with every integer argument 1
+    for prec in ("ieee", "tf32"):
+        for blocks in (dict(BLOCK_D=64, BLOCK_H2=64), dict(BLOCK_D=din_attention._MAX_D, BLOCK_H2=din_attention._MAX_H2)):
+            for two, sigmoid in ((True, True), (False, False)):
+                opts = dict(blocks, HAS_MASK=True, TWO=two, SIGMOID=sigmoid, INPUT_PRECISION=prec,
+                            BLOCK_T=din_attention._BLOCK_T, BLOCK_C=din_attention._BLOCK_C)
+                compile_kernel(din_attention._din_att_fwd_kernel, opts)
+                compile_kernel(din_attention._din_att_bwd_kernel, opts)
+    opts = dict(BLOCK_D=64, BLOCK_H2=64, HAS_MASK=True, TWO=True, SIGMOID=True, INPUT_PRECISION="ieee",
+                BLOCK_T=din_attention._BLOCK_T, BLOCK_C=din_attention._BLOCK_C)
+    compile_kernel(din_attention._din_att_fwd_kernel, opts, ints_equal_one=True)
+    compile_kernel(din_attention._din_att_bwd_kernel, opts, ints_equal_one=True)
     for kernel, extra in ((gated_linear._gated_linear_fwd_kernel, dict(HAS_BIAS=True, BLOCK_N=256)),
                           (gated_linear._gated_linear_bwd_dgrad_kernel, {}),
                           (gated_linear._gated_linear_bwd_wgrad_kernel, {})):

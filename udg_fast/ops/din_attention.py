@@ -23,8 +23,14 @@ Backends (udg_fast/_backend.py picks one):
                activations and its bias + activation applied while the rows are in cache; the
                first layer one GEMM per sample, k · M_bᵀ with M_b = (W_k − W_d) + W_p diag(q_b)
                `[h1, D]`: D inputs per step instead of 2D
-    triton,    no GPU kernel: the reference's literal concat, on cuBLAS. On an H200 it was the
-    cuda       faster eager form (1.46 vs 2.29 ms forward + backward, B = 2048, T = 50, D = 36): the
+    triton     kernels/din_attention.py: one program per sample, both rewrites, the mask read in
+               the kernel (no nonzero()), the activations recomputed in the backward; the first
+               layer's weight gradient as GEMMs over all steps. One or two hidden layers of width
+               <= 128, sigmoid / ReLU; otherwise the literal concat below. The automatic choice on a
+               GPU (`_backend.OP_GPU_PREFERENCE`); tested under TRITON_INTERPRET=1 and compiled for
+               sm_90, not yet timed on a GPU
+    cuda       no kernel: the reference's literal concat, on cuBLAS. On an H200 it was the faster
+               eager form (1.46 vs 2.29 ms forward + backward, B = 2048, T = 50, D = 36): the
                factored form's gather of the valid steps (nonzero) waits for the GPU
 Under torch.compile (any backend but reference) the eager factored form runs on every step
 (packing the valid steps has a data-dependent size), masked, and inductor fuses it. torch.export
@@ -34,6 +40,7 @@ Double backward (create_graph=True) returns the reference's gradient (naive.refe
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -140,10 +147,17 @@ def din_attention(
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         return _din_attention_eager(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
+    if backend == "triton" and _triton_supports(query, keys, fc1_weight, weights, activation):
+        if not torch.compiler.is_compiling():  # Dynamo cannot trace triton_op's registration
+            _register_triton_ops()
+        return torch.ops.udg_fast.din_attention_triton(
+            query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation, _triton_precision())
     if backend != "cpu":
-        # No GPU kernel. There the literal concat is the faster eager form: 1.46 ms forward +
-        # backward against 2.29 ms for the factored one at B = 2048, T = 50, D = 36 on an H200
-        # (benchmarks/results/gpu-h200-2026-11-28; the factored form's nonzero() waits for the GPU).
+        # No kernel for this call (the CUDA backend has none; the Triton kernels cover one or two
+        # hidden layers of width <= 128, sigmoid / ReLU). There the literal concat is the faster
+        # eager form: 1.46 ms forward + backward against 2.29 ms for the factored one at B = 2048,
+        # T = 50, D = 36 on an H200 (benchmarks/results/gpu-h200-2026-11-28; the factored form's
+        # nonzero() waits for the GPU).
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     B, T, _ = keys.shape
     if mask is None:
@@ -240,3 +254,72 @@ def _backward(ctx, grad_scores, _grad_acts):
 
 
 _backend.register_cpp_op("din_attention", _fake_forward, _fake_backward, _backward, _setup_context)
+
+
+# ---- the Triton op (kernels/din_attention.py) ----------------------------------------------------
+
+def _triton_supports(query, keys, fc1_weight, weights, activation) -> bool:
+    from udg_fast.kernels.din_attention import supports
+
+    return supports(query, keys, fc1_weight, weights, activation)
+
+
+def _triton_precision() -> str:
+    from udg_fast.ops.gated_linear import _triton_precision as precision  # one policy for every op
+
+    return precision()
+
+
+@functools.cache
+def _register_triton_ops() -> None:
+
+    @torch.library.triton_op("udg_fast::din_attention_triton", mutates_args=())
+    def _din_attention_triton(
+        query: torch.Tensor, keys: torch.Tensor, mask: Optional[torch.Tensor], fc1_weight: torch.Tensor,
+        fc1_bias: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], activation: str,
+        input_precision: str,
+    ) -> torch.Tensor:
+        from udg_fast.kernels.din_attention import din_attention_fwd
+
+        return din_attention_fwd(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation,
+                                 input_precision=input_precision)
+
+    @torch.library.triton_op("udg_fast::din_attention_triton_backward", mutates_args=())
+    def _din_attention_triton_backward(
+        grad_scores: torch.Tensor, query: torch.Tensor, keys: torch.Tensor, mask: Optional[torch.Tensor],
+        fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+        activation: str, input_precision: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        from udg_fast.kernels.din_attention import din_attention_bwd
+
+        return din_attention_bwd(grad_scores, query, keys, mask, fc1_weight, fc1_bias, weights, biases,
+                                 activation, input_precision=input_precision)
+
+    torch.library.register_autograd("udg_fast::din_attention_triton", _triton_backward,
+                                    setup_context=_triton_setup_context)
+
+
+def _triton_setup_context(ctx, inputs, output):
+    query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation, precision = inputs
+    ctx.activation, ctx.precision, ctx.n_layers, ctx.has_mask = activation, precision, len(weights), mask is not None
+    ctx.save_for_backward(query, keys, *([mask] if mask is not None else []), fc1_weight, fc1_bias, *weights, *biases)
+
+
+def _triton_backward(ctx, grad_scores):
+    query, keys, *rest = ctx.saved_tensors
+    mask = rest.pop(0) if ctx.has_mask else None
+    fc1_weight, fc1_bias, *params = rest
+    n = ctx.n_layers
+    weights, biases = list(params[:n]), list(params[n:])
+    if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
+        args = (query, keys, mask, fc1_weight, fc1_bias, ctx.activation, n, *params)
+        g = reference_vjp(_flat_reference, args, (grad_scores,), (0, 1, 3, 4, *range(7, 7 + 2 * n)))
+        return g[0], g[1], None, g[3], g[4], list(g[7:7 + n]), list(g[7 + n:]), None, None
+    dq, dk, dw1, db1, dws, dbs = torch.ops.udg_fast.din_attention_triton_backward(
+        grad_scores.contiguous(), query, keys, mask, fc1_weight, fc1_bias, weights, biases, ctx.activation,
+        ctx.precision)
+    return dq, dk, None, dw1, db1, list(dws), list(dbs), None, None
+
+
+if _backend.backend_status("triton").usable:
+    _register_triton_ops()
