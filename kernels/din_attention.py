@@ -15,26 +15,27 @@ so a step costs 2D inputs instead of 4D and the [B, T, 4D] concat is never built
 steps are read from the mask in the kernel, not packed with nonzero() (which made the eager form
 wait for the GPU).
 
-- `_din_att_fwd_kernel`: one program per sample, the steps in chunks of BLOCK_T rows: both
-  first-layer dots, activation, the second layer's dot, the score as a row sum against the last
-  weight; writes the scores only (the backward recomputes the activations). The weights are read
-  per chunk from L2, not held across the loop (see `_chunk_forward`: shared memory).
-- `_din_att_bwd_kernel`: one program per block of samples; per chunk it recomputes a1 (and a2),
-  forms g2 = ds · w3 · act'(a2) and g1 = (g2 · W2) · act'(a1) (g1 = ds · w3 · act'(a1) with one
-  hidden layer), writes dk = g1 · (W_k − W_d) + q ⊙ (g1 · W_p) and g1 itself, and per sample
-  Σ_t g1 and Σ_t k ⊙ (g1 · W_p). dW2, db2 and the score layer's gradients are accumulated in fp32
-  registers per program and written as per-program partials (reduced by one torch sum: no
-  atomics, reproducible run to run).
+- `_din_att_fwd_kernel`: one program per sample, the steps in chunks of BLOCK_T rows. The first
+  hidden layer a1 is made BLOCK_C (32) columns at a time — both first-layer dots on `[BD, 32]`
+  weight tiles, the activation — and consumed at once: into the second layer's dot (a2 accumulates
+  over the column chunks), or into the score's row sum with one hidden layer. Whole `[64, 128]`
+  weight tiles held on chip took 230 KB of shared memory in the backward at DIN's padded sizes,
+  444 KB at the largest and 428 KB with TF32 dots (ptxas, sm_90; a block may use 227 KB); by
+  column chunks DIN's sizes take 70 KB forward and 119–131 KB backward. Writes the scores only.
+- `_din_att_bwd_kernel`: one program per block of samples. Per step chunk, pass 1 recomputes a2
+  (a1 chunk by chunk) and forms g2 = ds · w3 · act'(a2); pass 2 walks a1's column chunks again:
+  g1 = (g2 · W2) ⊙ act'(a1) (ds · w3 ⊙ act'(a1) with one hidden layer), dW2 += g2ᵀ a1 (into the
+  program's own fp32 workspace, loaded and stored: no atomics), g1 written out, Σ_t g1 per sample,
+  and the dots of dk = g1 · (W_k − W_d) + q ⊙ (g1 · W_p) and of Σ_t k ⊙ (g1 · W_p) accumulated
+  over the chunks. db2 and the score layer's gradients are fp32 register accumulators, written per
+  program. The partials are reduced by one torch sum: reproducible run to run.
 - The host (`din_attention_bwd`) finishes with GEMMs over all B·T steps: Gk = g1ᵀ k and
   Gp = g1ᵀ (q ⊙ k); then dW1 = [Σg1ᵀ q, Gk, Σg1ᵀ q − Gk, Gp], db1 = Σ g1 and
-  dq = Σ_t k ⊙ (g1 W_p) + (Σ_t g1) · (W_q + W_d). (Gk and Gp in registers as well would need
-  two more [H1, D] fp32 accumulators per program: 64 KB at the padded DIN sizes, on top of the
-  chunk's tiles.)
+  dq = Σ_t k ⊙ (g1 W_p) + (Σ_t g1) · (W_q + W_d).
 
-Sizes: D ≤ 128 and H2 ≤ 64 (padded to powers of two ≥ 16; H1 any, a1 is made 32 columns at a
-time), one or two hidden layers, activation "sigmoid" or "relu"; `udg_fast.ops.din_attention`
-runs the eager form otherwise. Inputs float32,
-bfloat16 or float16; every activation and accumulator fp32; `tl.dot` with input_precision "ieee"
+Sizes: D ≤ 128 and H2 ≤ 64 (padded to powers of two ≥ 16; H1 any), one or two hidden layers,
+activation "sigmoid" or "relu"; `udg_fast.ops.din_attention` runs the eager form otherwise.
+Inputs float32, bfloat16 or float16; every activation and accumulator fp32; `tl.dot` with input_precision "ieee"
 (exact fp32) or "tf32", as torch's float32 matmul precision says (the op picks).
 
 Status: tested under TRITON_INTERPRET=1 against the float64 literal-concat reference and compiled
@@ -54,8 +55,8 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # TF32 dots (ptxas, sm_90): H2 stays at 64 (DIN's is 40).
 _MAX_D = 128
 _MAX_H2 = 64
-# Steps per chunk: the M of every dot. 32 keeps a chunk's fp32 tiles (k, q ⊙ k, a1, a2, g1, g2)
-# at ~100 KB at the padded DIN sizes (D 64, H1 128, H2 64) for 4 warps.
+# Steps per chunk: the M of every dot (16 instead changed the shared memory by < 10 %: the weight
+# operands dominate it).
 _BLOCK_T = 32
 # Samples per backward program: its partials are [programs, H2, H1] + small; 16 samples per
 # program gives 128 programs at B = 2048 (one wave on an H100 / H200's 132 SMs).
