@@ -246,7 +246,8 @@ def from_interactions(
         frame: one row per interaction (impression, click, rating).
         user, item: the columns of the raw user and item ids (any type).
         label: the column of the label: 0/1, or a score with `label_threshold`.
-        timestamp: the time column: numbers (e.g. Unix seconds) or dates (parsed, UTC).
+        timestamp: the time column: numbers in any unit (only the order matters; kept as
+            integers, fractions dropped) or dates (parsed to UTC seconds).
         category: the item category column (None: all items in one category).
         profile: user columns the gates read as the user's profile (cold start): age, gender, …
         label_threshold: None for 0/1 labels; a number for ratings (label = value > threshold,
