@@ -25,8 +25,8 @@ Backends (udg_fast/_backend.py picks one):
                `[h1, D]`: D inputs per step instead of 2D
     triton     kernels/din_attention.py: one program per sample, both rewrites, the mask read in
                the kernel (no nonzero()), the activations recomputed in the backward; the first
-               layer's weight gradient as GEMMs over all steps. One or two hidden layers of width
-               <= 128, sigmoid / ReLU; otherwise the literal concat below. The automatic choice on a
+               layer's weight gradient as GEMMs over all steps. One or two hidden layers (D <= 128,
+               the second <= 64 wide), sigmoid / ReLU; otherwise the literal concat below. The automatic choice on a
                GPU (`_backend.OP_GPU_PREFERENCE`); tested under TRITON_INTERPRET=1 and compiled for
                sm_90, not yet timed on a GPU
     cuda       no kernel: the reference's literal concat, on cuBLAS. On an H200 it was the faster
@@ -154,10 +154,10 @@ def din_attention(
             query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation, _triton_precision())
     if backend != "cpu":
         # No kernel for this call (the CUDA backend has none; the Triton kernels cover one or two
-        # hidden layers of width <= 128, sigmoid / ReLU). There the literal concat is the faster
-        # eager form: 1.46 ms forward + backward against 2.29 ms for the factored one at B = 2048,
-        # T = 50, D = 36 on an H200 (benchmarks/results/gpu-h200-2026-11-28; the factored form's
-        # nonzero() waits for the GPU).
+        # hidden layers, D <= 128, the second <= 64 wide, sigmoid / ReLU). There the literal
+        # concat is the faster eager form: 1.46 ms forward + backward against 2.29 ms for the
+        # factored one at B = 2048, T = 50, D = 36 on an H200
+        # (benchmarks/results/gpu-h200-2026-11-28; the factored form's nonzero() waits for the GPU).
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     B, T, _ = keys.shape
     if mask is None:
