@@ -85,20 +85,23 @@ def _udg_ops(ep) -> set[str]:
     return {str(n.target) for n in ep.graph.nodes if n.op == "call_function" and str(n.target).startswith("udg_fast.")}
 
 
-@pytest.mark.parametrize("name", ["pnn", "din", "dien"])
+@pytest.mark.parametrize("name,hp", [("pnn", {}), ("deepfm", {}), ("wdl", {}), ("din", {}), ("dien", {}),
+                                     ("din", {"gate_inputs": "official"})], ids=["pnn", "deepfm", "wdl", "din", "dien",
+                                                                               "din-official-gates"])
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
-def test_export_scores_like_the_model_at_another_batch_size(synth, batch, name, kernels):
+def test_export_scores_like_the_model_at_another_batch_size(synth, batch, name, hp, kernels):
     """The exported program (dynamic batch: exported at 64 rows, run at 23 and 2) gives
     model.score's probabilities, unknown ids included; with kernels it holds udg_fast's fused ops
     where the CPU backend runs them, without them none."""
     torch.manual_seed(1)
-    m = models.build(name, synth.schema, udg=True, **tiny_hp(name))
+    m = models.build(name, synth.schema, udg=True, **tiny_hp(name, **hp))
     m.train()
     ep = serving.export(m, batch, kernels=kernels)
     assert m.training  # the caller's mode is restored
     if kernels and udg_fast.backends()["cpu"]["usable"]:
-        want = {"pnn": {"gating_networks", "gated_linear"}, "din": {"gating_networks", "gated_linear", "din_attention"},
-                "dien": {"gating_networks", "gated_linear", "din_attention", "augru"}}[name]
+        want = {"din": {"gating_networks", "gated_linear", "din_attention"},
+                "dien": {"gating_networks", "gated_linear", "din_attention", "augru"}}.get(
+                    name, {"gating_networks", "gated_linear"})
         assert {f"udg_fast.{op}.default" for op in want} <= _udg_ops(ep)
     if not kernels:
         assert _udg_ops(ep) == set()
