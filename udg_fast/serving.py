@@ -123,16 +123,15 @@ def recommend(model: CTRModel, user_id: int, item_ids, k: int = 10, *, exclude: 
 
 
 class _Scorer(torch.nn.Module):
-    """`model.score` as a module for torch.export: batch dict → click probabilities `[B]`, with the
-    same mapping of unknown ids to the padding id (`CTRModel.sanitize`) inside the graph."""
+    """`model.probabilities` (the core of `model.score`) as a module for torch.export: batch dict →
+    click probabilities `[B]`, the mapping of unknown ids to the padding id inside the graph."""
 
     def __init__(self, model: CTRModel):
         super().__init__()
         self.model = model
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        b = self.model.sanitize(batch)
-        return torch.sigmoid(self.model._forward(b, None, aux=False)[0].float())
+        return self.model.probabilities(batch)
 
 
 def export(model: CTRModel, example_batch: Mapping[str, torch.Tensor], dynamic_batch: bool = True,

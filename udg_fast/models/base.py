@@ -455,6 +455,12 @@ class CTRModel(nn.Module):
             loss = loss + l2 * sum(t.weight.pow(2).sum() for t in tables)
         return loss, logits
 
+    def probabilities(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Click probabilities `[B]` (float32), ids outside a field's vocabulary mapped to the padding
+        id 0 (`sanitize`): what `score` computes, without its mode, gradient and device handling (the
+        module `serving.export` traces)."""
+        return torch.sigmoid(self._forward(self.sanitize(batch), udg_emb, aux=False)[0].float())
+
     @torch.no_grad()
     def score(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Click probabilities `[B]` (float32) for inference: eval mode, no gradients; ids outside a
@@ -464,8 +470,7 @@ class CTRModel(nn.Module):
         try:
             self.check_batch(batch)
             dev = next(self.parameters()).device
-            b = {k: v.to(dev) for k, v in self.sanitize(batch).items() if isinstance(v, torch.Tensor)}
-            return torch.sigmoid(self._forward(b, udg_emb, aux=False)[0].float())
+            return self.probabilities({f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields()}, udg_emb)
         finally:
             self.train(was)
 
