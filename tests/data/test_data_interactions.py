@@ -199,3 +199,15 @@ def test_trains_a_udg_model(tmp_path):
                     log=lambda s: None)
     assert res["history"][-1]["train_loss"] < 0.5 * res["history"][0]["train_loss"]
     assert res["test"]["auc"] > 0.9
+
+
+def test_integer_times_are_kept_exactly():
+    """Nanosecond stamps (beyond float64's 2^53) keep their order: a row 1 ns later has the
+    earlier click in its history (read through a float, the two would tie and it would not)."""
+    t0 = 1_700_000_000_000_000_000
+    log = pd.DataFrame({"user_id": [1] * 12, "item_id": list(range(12)), "label": [1] * 12,
+                        "timestamp": [t0 + 1, t0] + [t0 + 10 + i for i in range(10)]})
+    ds = data.from_interactions(log, max_len=3)
+    rows = {int(t): (int(n), list(h)) for s in ("train", "valid", "test")
+            for t, n, h in zip(ds[s]["timestamp"], ds[s]["hist_len"], ds[s]["hist_item"])}
+    assert rows[t0] == (0, [0, 0, 0]) and rows[t0 + 1] == (1, [2, 0, 0])  # raw item 1 is id 2

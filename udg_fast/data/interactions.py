@@ -145,8 +145,10 @@ def _seconds(frame: pd.DataFrame, col: str, where: str) -> np.ndarray:
     s = frame[col]
     if s.isna().any():
         raise DataError(f"{where}: column {col!r} (the time) has {int(s.isna().sum())} missing value(s)")
+    if pd.api.types.is_integer_dtype(s):
+        return s.to_numpy(np.int64)  # as given (nanosecond stamps do not fit a float64 exactly)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
-        return s.to_numpy(np.float64).astype(np.int64)
+        return np.floor(s.to_numpy(np.float64)).astype(np.int64)
     try:
         with warnings.catch_warnings():  # "could not infer format": parsed per element, as documented
             warnings.simplefilter("ignore", UserWarning)
@@ -261,19 +263,17 @@ def from_interactions(
     """
     import time
 
-    from .api import COMMON_OPTIONS, _options, DatasetSpec
+    from .api import _options, _spec
     from .core import Dataset, compute_stats
 
     options = {"user_col": user, "item_col": item, "label_col": label, "time_col": timestamp,
                "cat_col": category or "", "profile_cols": list(profile) if not isinstance(profile, str) else profile,
-               "label_threshold": label_threshold, "sep": "", "max_len": max_len, "seed": seed}
-    spec = DatasetSpec(name, "", sources, build, OPTIONS, True)
-    opts = _options(spec, options)
+               "label_threshold": label_threshold, "max_len": max_len, "seed": seed}
+    opts = _options(_spec("interactions"), options)  # the registered dataset's checks and defaults
     t0 = time.perf_counter()
     schema, splits, extra, vocab = build_from_frame(frame, opts, f"{name} (DataFrame)")
     stats = compute_stats(splits, schema, extra)
     stats["prepare_seconds"] = round(time.perf_counter() - t0, 3)
-    meta = {"options": {k: v for k, v in opts.items() if k in {**COMMON_OPTIONS, **OPTIONS}},
-            "source": "DataFrame", "from_cache": False}
+    meta = {"options": opts, "source": "DataFrame", "from_cache": False}
     return Dataset(name, schema, splits["train"], splits["valid"], splits["test"], stats, meta,
                    {k: np.asarray(v) for k, v in vocab.items()})
