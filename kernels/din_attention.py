@@ -74,12 +74,12 @@ def _block(n: int) -> int:
 
 
 def supports(query, keys, fc1_weight, weights, activation) -> bool:
-    """Whether these kernels cover the call (else the op runs its eager form)."""
+    """Whether these kernels cover the call's MLP (else the op runs its eager form); the dtype is
+    the backend's check (`_backend.DTYPES["triton"]`)."""
     if activation not in ("sigmoid", "relu") or len(weights) not in (1, 2):
         return False
-    D = query.shape[1]
     H2 = weights[0].shape[0] if len(weights) == 2 else 0
-    return D <= _MAX_D and H2 <= _MAX_H2 and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return query.shape[1] <= _MAX_D and H2 <= _MAX_H2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ Backends (udg_fast/_backend.py picks one):
     triton,    no GPU kernel: the eager form below (`_gating_networks_eager`: one GEMM for the L
     cuda       first layers, then per network), cuBLAS; not measured on a GPU yet
 Under torch.compile the eager form runs (inductor fuses it; torch.export keeps the C++ op), and
-under CPU autocast too (its GEMMs then run in the autocast dtype, as nn.Linear's would). Double backward (create_graph=True:
-the cold-start meta-gradient, Algorithm 1) returns the reference's gradient (naive.reference_vjp).
+under CPU autocast too (its GEMMs then run in the autocast dtype, as nn.Linear's would). Double
+backward (create_graph=True: the cold-start meta-gradient, Algorithm 1) returns the reference's
+gradient (naive.reference_vjp).
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def gating_networks(
         return gating_networks_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
     # Under CPU autocast the eager form runs, so autocast gives its GEMMs the lower precision as it
     # does for any nn.Linear: the C++ kernel computes in u's fp32 (it keeps autocast out), and bf16
-    # GEMMs run 2.2-2.5x faster than fp32 on a CPU with AVX512-BF16 (this 2-core EPYC: 2048x90 @ 90x270
-    # 0.48 vs 1.20 ms).
+    # GEMMs run 2.2-2.5x faster than fp32 on a CPU with AVX512-BF16 (this 2-core EPYC:
+    # 2048x90 @ 90x270 0.48 vs 1.20 ms).
     if ((torch.compiler.is_compiling() and not torch.compiler.is_exporting()) or backend != "cpu"
             or torch.is_autocast_enabled("cpu")):
         return _gating_networks_eager(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
