@@ -74,22 +74,29 @@ def augru_reference(
     gi = F.linear(x, weight_ih, bias_ih)  # [B, T, 3H]: the input projection of every step
     steps = torch.arange(T, device=x.device)
     mask = None if lengths is None else steps[None, :] < lengths.to(x.device)[:, None]  # [B, T]
+    # The steps are taken with unbind, not gi[:, t]: the backward of each `[:, t]` slice
+    # allocates and zero-fills a whole [B, T, 3H] gradient, T of them per backward (a reference
+    # DIEN training step spent 987 of 2,400 ms in that fill_ at B = 2048, T = 50, one thread);
+    # unbind's backward stacks the T step gradients once.
+    gi_t = gi.unbind(1)
+    att_t = None if att is None else att.unbind(1)
+    mask_t = None if mask is None else mask.unbind(1)
     outs = []
     for t in range(T):
         gh = F.linear(h, weight_hh, bias_hh)
-        i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
+        i_r, i_z, i_n = gi_t[t].chunk(3, dim=-1)
         h_r, h_z, h_n = gh.chunk(3, dim=-1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         if att is not None:
-            z = att[:, t, None] * z
+            z = att_t[t][:, None] * z
         h_new = (1 - z) * h + z * n
         if mask is None:
             h = h_new
             outs.append(h_new)
         else:
-            m = mask[:, t, None]
+            m = mask_t[t][:, None]
             h = torch.where(m, h_new, h)
             outs.append(torch.where(m, h_new, torch.zeros_like(h_new)))
     outputs = torch.stack(outs, dim=1) if T > 0 else x.new_zeros(B, 0, H)
