@@ -196,8 +196,10 @@ def _fake_coldstart(monkeypatch, calls):
         return {"markdown": (out_dir / "table5.md").read_text(), "csv": out_dir / "table5.csv",
                 "table": out_dir / "table5.md", "png": out_dir / "figure4.png", "counts": {}}
 
-    # the real module, with a tiny study in place of the real one (report.run_table5 imports it at call time)
+    # the real module, with a tiny study in place of the real one (report.run_table5 imports it at call
+    # time); its precondition check passes (the tiny set has no user with more than upper = 100 samples)
     monkeypatch.setattr(udg_fast.coldstart, "run_table5", run_table5)
+    monkeypatch.setattr(udg_fast.coldstart, "check_study", lambda dataset: None)
 
 
 def _links(md: str) -> list[str]:
@@ -230,6 +232,53 @@ def test_all_writes_a_report_that_links_only_existing_files(tmp_path, monkeypatc
     md = (out / "README.md").read_text()
     assert "tsne.json" not in _links(md)
     assert all((out / t).is_file() for t in _links(md))
+
+
+def test_all_skips_table5_when_the_dataset_cannot_give_it(tmp_path, monkeypatch, capsys, fit_calls):
+    """`all` on a set where the cold-start study cannot run (here: every user has 30 samples, so none
+    is a new user at the default thresholds 40–100) asks that before training, runs the other experiments, records and
+    reports Table 5 as skipped with the reason, and exits 0 — it used to fail at its end, after
+    training, without a report."""
+    import json
+
+    import udg_fast.coldstart
+
+    calls = []  # the real check must refuse, and the study never be called
+    monkeypatch.setattr(udg_fast.coldstart, "run_table5", lambda **kw: calls.append(kw))
+    out = tmp_path / "res"
+    rc = cli.main(["experiment", "all", *ARGS, "--models", "pnn", "--runs", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert calls == []
+    why = "no user has between lower = 40 and upper = 100 samples"
+    assert "table5 will be skipped" in err and why in err
+    assert err.index("table5 will be skipped") < err.index("==== experiment table2")
+    rec = json.loads((out / "experiment.json").read_text())["experiments"]
+    assert rec["table5"]["status"].startswith("skipped: ") and why in rec["table5"]["status"]
+    assert rec["all"]["status"] == "done" and rec["table2"]["status"] == "done"
+    md = (out / "README.md").read_text()
+    assert "Table 5: skipped: " in md and why in md
+    assert ("pnn", True, 4) in fit_calls  # the other experiments did train
+
+
+def test_check_study_names_what_is_missing():
+    """The cold-start precondition: profile fields, new users and active users at the thresholds."""
+    from udg_fast import data
+    from udg_fast.coldstart import ColdStartError, check_study
+
+    rng = np.random.default_rng(0)
+    rows = [{"user": u, "item": int(rng.integers(1, 40)), "click": int(rng.integers(0, 2)), "ts": t, "age": 20 + u}
+            for u in range(1, 7) for t in range(12 if u <= 3 else 30)]  # users 1–3: 12 samples, 4–6: 30
+    df = pd.DataFrame(rows)
+    kw = dict(user="user", item="item", label="click", timestamp="ts")
+    with pytest.raises(ColdStartError, match="no user-profile fields"):
+        check_study(data.from_interactions(df, **kw, profile=None))
+    ds = data.from_interactions(df, **kw, profile=["age"])
+    check_study(ds, k=2, lower=8, upper=20)  # new: users 1–3, active: 4–6
+    with pytest.raises(ColdStartError, match="no user has between lower = 40 and upper = 100 samples"):
+        check_study(ds)
+    with pytest.raises(ColdStartError, match="no user has more than upper = 30 samples to pre-train on"):
+        check_study(ds, k=2, lower=8, upper=30)
 
 
 @pytest.mark.parametrize("argv, message", [

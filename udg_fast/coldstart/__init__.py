@@ -16,7 +16,7 @@ from udg_fast.coldstart.generator import ColdStartError, MetaGenerator, require_
 from udg_fast.coldstart.meta import MetaConfig, PairSampler, meta_loss, train_generator
 from udg_fast.coldstart.split import (PhaseSplit, UserSplit, merge_splits, phase_split, resolve_thresholds,
                                       split_halves, split_users)
-from udg_fast.coldstart.study import StudyConfig, prepare_study_data, run_one, run_table5
+from udg_fast.coldstart.study import StudyConfig, check_study, prepare_study_data, run_one, run_table5
 
 
 def init_new_users(model, user_ids, profiles=None, generator=None, **kw):
@@ -27,6 +27,6 @@ def init_new_users(model, user_ids, profiles=None, generator=None, **kw):
 
 
 __all__ = ["ColdStartError", "MetaConfig", "MetaGenerator", "PairSampler", "PhaseSplit", "StudyConfig", "UserSplit",
-           "init_new_users", "merge_splits", "meta_loss", "phase_split", "prepare_study_data", "require_profiles",
+           "check_study", "init_new_users", "merge_splits", "meta_loss", "phase_split", "prepare_study_data", "require_profiles",
            "resolve_thresholds", "run_one", "run_table5", "split_halves", "split_users", "train_generator",
            "user_profiles"]

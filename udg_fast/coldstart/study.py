@@ -126,8 +126,8 @@ class StudyData:
     counts: dict
 
 
-def prepare_study_data(dataset: _data.Dataset, k: int, lower: int, upper: int) -> StudyData:
-    """Split `dataset` for the study (see the module docstring); raises ColdStartError when the
+def _checked_users(dataset: _data.Dataset, lower: int, upper: int):
+    """(merged split, user split) of `dataset`; ColdStartError when it has no profile fields or the
     thresholds leave no active or no new users."""
     require_profiles(dataset.schema, repr(dataset.name))
     merged = merge_splits(dataset)
@@ -138,6 +138,21 @@ def prepare_study_data(dataset: _data.Dataset, k: int, lower: int, upper: int) -
     if len(us.active_users) == 0:
         raise ColdStartError(f"{dataset.name}: no user has more than upper = {upper} samples to pre-train on; "
                              f"lower --upper")
+    return merged, us
+
+
+def check_study(dataset: _data.Dataset, k: int | None = None, lower: int | None = None,
+                upper: int | None = None) -> None:
+    """Raise ColdStartError when the study cannot run on `dataset` with these thresholds (no
+    profile fields; no new or no active users), without preparing or training anything —
+    `udg-fast experiment all` asks this before its first run."""
+    _checked_users(dataset, *resolve_thresholds(k, lower, upper)[1:])
+
+
+def prepare_study_data(dataset: _data.Dataset, k: int, lower: int, upper: int) -> StudyData:
+    """Split `dataset` for the study (see the module docstring); raises ColdStartError when the
+    thresholds leave no active or no new users."""
+    merged, us = _checked_users(dataset, lower, upper)
     ph = phase_split(merged, us.new_users, k)
     active = merged.select(us.active_rows)
     active.name = "active"

@@ -235,7 +235,7 @@ def from_interactions(
     label: str = "label",
     timestamp: str = "timestamp",
     category: str | None = None,
-    profile: Sequence[str] = (),
+    profile: Sequence[str] | str | None = (),
     label_threshold: float | None = None,
     max_len: int = 50,
     seed: int = 0,
@@ -267,7 +267,7 @@ def from_interactions(
     from .core import Dataset, compute_stats
 
     options = {"user_col": user, "item_col": item, "label_col": label, "time_col": timestamp,
-               "cat_col": category or "", "profile_cols": list(profile) if not isinstance(profile, str) else profile,
+               "cat_col": category or "", "profile_cols": profile if isinstance(profile, str) else list(profile or ()),
                "label_threshold": label_threshold, "max_len": max_len, "seed": seed}
     opts = _options(_spec("interactions"), options)  # the registered dataset's checks and defaults
     t0 = time.perf_counter()

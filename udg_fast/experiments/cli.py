@@ -121,7 +121,7 @@ def _cmd_experiment(args) -> int:
             res = run_experiment(args.experiment, ctx, seeds, cmd, tsne_users=users)
             if res.get("markdown"):
                 print(res["markdown"])
-            files = [str(res[k]) for k in ("table", "csv", "png", "json") if res.get(k)]
+            files = [str(res[k]) for k in ("table", "csv", "summary_csv", "runs_csv", "png", "json") if res.get(k)]
             print("wrote " + ", ".join(files))
     except (ExperimentError, DataError, ModelError, ValueError) as e:
         return _fail(str(e))

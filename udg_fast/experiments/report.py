@@ -155,12 +155,34 @@ def run_experiment(name: str, ctx: Context, seeds: Sequence[int], command: str, 
     return res
 
 
+def table5_blocker(ctx: Context) -> str | None:
+    """Why the cold-start study cannot run on this context's dataset (no user-profile fields, or no
+    new or active users at the default thresholds), or None when it can."""
+    import udg_fast.coldstart  # at call time, as run_table5
+
+    try:
+        udg_fast.coldstart.check_study(ctx.dataset)
+    except udg_fast.coldstart.ColdStartError as e:
+        return str(e)
+    return None
+
+
 def run_all(ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -> dict:
-    """table2, table3, tsne and table5, then the report."""
+    """table2, table3, tsne and table5, then the report. Table 5 is skipped — logged, recorded as
+    "skipped: why" and said in the report — when the dataset cannot give it (asked before the first
+    run, so that `all` on a dataset without user profiles still writes the other tables and the
+    report instead of failing at its end)."""
     t0 = time.perf_counter()
     out = {}
+    blocker = table5_blocker(ctx)
+    if blocker:
+        ctx.log(f"table5 will be skipped: {blocker}")
     for name in EXPERIMENTS:
         ctx.log(f"==== experiment {name} ({EXPERIMENTS.index(name) + 1}/{len(EXPERIMENTS)}) ====")
+        if name == "table5" and blocker:
+            record(ctx.setup.out_dir, name, {"status": f"skipped: {blocker}", "command": command},
+                   setup_doc(ctx))
+            continue
         out[name] = run_experiment(name, ctx, seeds, command, tsne_users)
     record(ctx.setup.out_dir, "all", {"status": "done", "command": command, "seeds": list(seeds),
                                       "models": list(ctx.models),
@@ -390,7 +412,9 @@ def write_report(out_dir: Path) -> Path:
     else:
         status = e5.get("status", "not run")
         L += [f"Table 5 is {status}." if status.startswith("not") else f"Table 5: {status}.",
-              "See table5/ (written by `udg-fast experiment table5` once the cold-start module is present).", ""]
+              "`udg-fast experiment table5` writes it into table5/; for other thresholds, "
+              "`udg-fast coldstart --dataset … --lower L --upper U --out DIR/table5`, then "
+              "`udg-fast experiment report --out DIR`.", ""]
 
     notes = _read(out_dir / "NOTES.md")
     if notes:
