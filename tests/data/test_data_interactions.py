@@ -120,6 +120,18 @@ def test_ids_of_any_type_zero_one_labels_dates_and_defaults():
     assert rows[(1, t0 + 5 * day)] == (1, [1, 0, 0])
 
 
+def test_times_as_text_and_dates_in_mixed_formats():
+    """A CSV's numbers read as text are numbers; dates may mix formats (each value parsed alone)."""
+    text = data.from_interactions(_small().assign(timestamp=["1", "2", "3"]))
+    nums = data.from_interactions(_small())
+    for s in ("train", "valid", "test"):
+        assert np.array_equal(text[s]["timestamp"], nums[s]["timestamp"])
+    ds = data.from_interactions(_small().assign(timestamp=["2024-01-01", "2024-01-02 10:00", "2024-01-03T00:00:30Z"]))
+    t0 = int(pd.Timestamp("2024-01-01", tz="UTC").timestamp())
+    got = sorted(int(t) for s in ("train", "valid", "test") for t in ds[s]["timestamp"])
+    assert got == [t0, t0 + 86400 + 36000, t0 + 2 * 86400 + 30]
+
+
 def test_category_and_profile_come_from_the_latest_row_that_has_one():
     log = pd.DataFrame({
         "user_id": [1, 1, 1, 2], "item_id": [5, 6, 5, 6], "label": [1, 0, 1, 1], "timestamp": [3, 1, 2, 5],
@@ -145,9 +157,14 @@ def _small():
     (lambda f: f.drop(columns="label"), {}, r"no column 'label' \(columns: user_id, item_id, timestamp, age\)"),
     (lambda f: f.assign(user_id=[1, None, 2]), {}, r"column 'user_id' has 1 missing value\(s\), the first in data row 2"),
     (lambda f: f.assign(label=[1, 5, 0]), {}, r"must hold 0 and 1, found 5.0 in data row 2; give label_threshold"),
-    (lambda f: f.assign(label=["yes", "no", "yes"]), {}, r"column 'label' \(the label\) must be numeric"),
-    (lambda f: f.assign(timestamp=["monday", "x", "y"]), {}, r"column 'timestamp' \(the time\) must be numbers or dates"),
-    (lambda f: f.assign(timestamp=[1, None, 3]), {}, r"column 'timestamp' \(the time\) has 1 missing"),
+    (lambda f: f.assign(label=["yes", "no", "yes"]), {}, r"column 'label' \(the label\) must be numeric, got 'yes' in data row 1"),
+    (lambda f: f.assign(label=[1, "yes", 0]), {}, r"must be numeric, got 'yes' in data row 2"),
+    (lambda f: f.assign(label=[1, None, 0]), {}, r"column 'label' \(the label\) has 1 missing value\(s\), the first in data row 2"),
+    (lambda f: f.assign(timestamp=["2024-01-01", "x", "2024-01-03"]), {},
+     r"column 'timestamp' \(the time\) must be numbers or dates, got 'x' in data row 2"),
+    (lambda f: f.assign(timestamp=[1600000000, 1600000001, "soon"]), {},
+     r"must be all numbers or all dates, got 1600000000 in data row 1 and 'soon' in data row 3"),
+    (lambda f: f.assign(timestamp=[1, None, 3]), {}, r"column 'timestamp' \(the time\) has 1 missing value\(s\), the first in data row 2"),
     (lambda f: f, {"profile": ["age", "user_id"]}, r"column 'user_id' is given for two roles"),
     (lambda f: f.rename(columns={"age": "hist_len"}), {"profile": ["hist_len"]}, r"profile column 'hist_len' has the name of a sample field"),
     (lambda f: f.iloc[:0], {}, r"no rows"),

@@ -25,7 +25,6 @@ most recent; a user with none gets the unknown id 0).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -120,15 +119,29 @@ def _ids(frame: pd.DataFrame, col: str, where: str, allow_missing: bool = False)
     return ids, vocab
 
 
+def _first_missing(s: pd.Series, col: str, what: str, where: str) -> None:
+    """DataError naming the count and the first data row of missing values in `s`, if any."""
+    missing = s.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"{where}: column {col!r} ({what}) has {int(missing.sum())} missing value(s), the first in "
+                        f"data row {int(np.flatnonzero(missing)[0]) + 1}")
+
+
+def _not_numbers(s: pd.Series) -> np.ndarray:
+    """Where the values of `s` (no missing ones) are not numbers ("yes", "soon"), as a bool mask."""
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return np.zeros(len(s), bool)
+    return pd.to_numeric(s, errors="coerce").isna().to_numpy()
+
+
 def _labels(frame: pd.DataFrame, col: str, threshold, where: str) -> np.ndarray:
     s = frame[col]
-    if s.isna().any():
-        raise DataError(f"{where}: column {col!r} (the label) has {int(s.isna().sum())} missing value(s)")
-    try:
-        v = s.to_numpy(np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: column {col!r} (the label) must be numeric, got values like "
-                        f"{s.iloc[0]!r}") from None
+    _first_missing(s, col, "the label", where)
+    bad = _not_numbers(s)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: column {col!r} (the label) must be numeric, got {s.iloc[r]!r} in data row {r + 1}")
+    v = pd.to_numeric(s).to_numpy(np.float64)
     if threshold is not None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
             raise DataError(f"interactions: label_threshold must be a number or None, got {threshold!r}")
@@ -142,20 +155,31 @@ def _labels(frame: pd.DataFrame, col: str, threshold, where: str) -> np.ndarray:
 
 
 def _seconds(frame: pd.DataFrame, col: str, where: str) -> np.ndarray:
+    """The time column as int64: numbers as given (fractions dropped), or dates (each value parsed on
+    its own, formats may mix) as UTC seconds. One column holds one kind: a value of the other kind,
+    or a string that is neither, is a DataError naming it and its data row."""
     s = frame[col]
-    if s.isna().any():
-        raise DataError(f"{where}: column {col!r} (the time) has {int(s.isna().sum())} missing value(s)")
+    _first_missing(s, col, "the time", where)
     if pd.api.types.is_integer_dtype(s):
         return s.to_numpy(np.int64)  # as given (nanosecond stamps do not fit a float64 exactly)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         return np.floor(s.to_numpy(np.float64)).astype(np.int64)
-    try:
-        with warnings.catch_warnings():  # "could not infer format": parsed per element, as documented
-            warnings.simplefilter("ignore", UserWarning)
-            t = pd.to_datetime(s, utc=True)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: column {col!r} (the time) must be numbers or dates, got values like "
-                        f"{s.iloc[0]!r} ({e})") from None
+    if pd.api.types.is_datetime64_any_dtype(s):
+        t = pd.to_datetime(s, utc=True)
+    else:
+        not_num = _not_numbers(s)
+        if not not_num.any():  # numbers read as text (a CSV column): numbers
+            return _seconds(pd.DataFrame({col: pd.to_numeric(s)}), col, where)
+        if not not_num.all():
+            r = int(np.flatnonzero(not_num != not_num[0])[0])  # the first value of the other kind than row 1's
+            raise DataError(f"{where}: column {col!r} (the time) must be all numbers or all dates, got {s.iloc[0]!r} "
+                            f"in data row 1 and {s.iloc[r]!r} in data row {r + 1}")
+        t = pd.to_datetime(s, utc=True, format="mixed", errors="coerce")
+        bad = t.isna().to_numpy()
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{where}: column {col!r} (the time) must be numbers or dates, got {s.iloc[r]!r} in data "
+                            f"row {r + 1}")
     return ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
