@@ -174,6 +174,16 @@ def test_cli_bad_input(argv, msg, capsys):
     assert "udg-fast bench: error:" in err and msg in err
 
 
+def test_process_timer_needs_one_thread(capsys):
+    """Process time sums every thread's CPU time: with two threads a 3.7 ms step read as 183 ms."""
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", "--timer", "process", "--threads", "2", "--models", "pnn"]) == 2
+        assert "--timer process measures one CPU thread: give --threads 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_backend_is_restored_after_a_reference_case():
     case = bench.make_case("reference", "din", True, mode="infer", **TINY)
     case.step()

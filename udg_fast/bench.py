@@ -554,6 +554,11 @@ def _cmd_bench(args) -> int:
 
         hparams = parse_pairs(args.hp, "--hp")
         device = resolve_device(args.device)
+        if args.timer == "process" and (torch.get_num_threads() > 1 or device.type != "cpu"):
+            # process time adds up every thread's CPU time (and does not see a GPU's): with two threads
+            # a 3.7 ms PNN step read as 183 ms (the idle OpenMP worker spins)
+            raise BenchError(f"--timer process measures one CPU thread: give --threads 1 (torch has "
+                             f"{torch.get_num_threads()} here) and a CPU device, or use --timer wall")
     except (BenchError, ValueError) as e:
         return fail(str(e))
 

@@ -153,12 +153,16 @@ def export(model: CTRModel, example_batch: Mapping[str, torch.Tensor], dynamic_b
             `torch.export.load`. False exports every op's `reference` form: ATen operators only,
             loadable with torch alone, slower where the kernels matter (DIN / DIEN attention).
     Returns:
-        the ExportedProgram; its `module()` takes the batch dict and returns float32 `[B]`.
+        the ExportedProgram; its `module()` takes a dict of exactly the fields
+        `model.required_fields()` (torch.export checks the keys: a split's batch, which also holds
+        label, timestamp, …, is refused) and returns float32 `[B]`. Call it under
+        `torch.inference_mode()`: the program's parameters still require gradients.
 
     Example:
         >>> ep = serving.export(model, batch)
         >>> torch.export.save(ep, "din_udg.pt2")
-        >>> import udg_fast; torch.export.load("din_udg.pt2").module()(batch)   # == model.score(batch)
+        >>> fields = {f: batch[f] for f in model.required_fields()}
+        >>> import udg_fast; torch.export.load("din_udg.pt2").module()(fields)   # == model.score(batch)
     """
     import contextlib
 

@@ -37,6 +37,13 @@ def test_errors_exit_nonzero(tmp_path, capsys):
     assert "nothing cached" in capsys.readouterr().err
     assert main(["data", "prepare", "ml-1m", "--path", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    try:  # a usage error: status 2, as argparse's own
+        main(["data", "prepare", "synthetic", "-o", "n_users"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("-o without '=' was accepted")
+    assert "option 'n_users' is not KEY=VALUE" in capsys.readouterr().err
 
 
 def test_list(capsys):

@@ -59,7 +59,8 @@ def test_missing_path_and_files(tmp_path, raw, data_home):
 @pytest.mark.parametrize(
     "lineno,text,pattern",
     [
-        (5, "1\t2\t3\t4\t5\n", r"u\.data, line 5: malformed line"),  # a field too many
+        (5, "1\t2\t3\t4\t5\n", r"u\.data, line 5: expected 4 fields separated by '\\t', found 5"),  # one too many
+        (1, "1\t2\t3\n", r"u\.data, line 1: expected 4 fields separated by '\\t', found 3"),  # the first line short
         (7, "1\t2\t3\n", r"u\.data, line 7: (expected 4 fields|missing value)"),  # one too few
         (4, "1\t2\tfive\t880000000\n", r"u\.data, line 4: column 'rating' is not a number: 'five'"),
         (3, "1\t2.5\t3\t880000000\n", r"u\.data, line 3: column 'item' is not an integer"),
@@ -82,9 +83,33 @@ def test_malformed_line_in_zip_member(tmp_path, raw, data_home):
     with zipfile.ZipFile(z, "w") as zf:
         for n in ("ratings.dat", "users.dat", "movies.dat"):
             zf.write(d / n, f"ml-1m/{n}")
-    with pytest.raises(data.DataError, match=r"ml-1m\.zip:ml-1m/ratings\.dat, line 6"):
+    with pytest.raises(data.DataError, match=r"ml-1m\.zip:ml-1m/ratings\.dat, line 6: expected 4 fields separated by '::', found 5"):
         data.load("ml-1m", z)
     assert _no_entry(data_home, "ml-1m")
+
+
+@pytest.mark.parametrize("lineno", [1, 4])
+def test_short_line_with_optional_columns_is_malformed(tmp_path, raw, data_home, lineno):
+    """A users.dat line without its gender has too few fields; pandas fills the optional zip code
+    with NaN and shifts nothing back, so without a check it read as gender '35', age 3."""
+    ml = raw.movielens()
+    d = raw.ml1m(tmp_path, ml)
+    user = (d / "users.dat").read_text().splitlines()[lineno - 1].split("::")[0]
+    _replace_line(d / "users.dat", lineno, f"{user}::35::3::12345\n")
+    with pytest.raises(data.DataError, match=rf"users\.dat, line {lineno}: expected 5 fields separated by '::', found 4$"):
+        data.load("ml-1m", d)
+    assert _no_entry(data_home, "ml-1m")
+
+
+def test_parser_errors_are_one_line(tmp_path, raw):
+    """pandas' own parser message (a header file's line with a field too many) ends in a newline;
+    the error is one line."""
+    ml = raw.movielens()
+    c = raw.ml_csv(tmp_path, ml)
+    _replace_line(c / "ratings.csv", 4, "1,2,3,4,5\n")
+    with pytest.raises(data.DataError, match=r"ratings\.csv, line 4: malformed line") as e:
+        data.load("ml-latest", c)
+    assert "\n" not in str(e.value) and str(e.value).endswith("saw 5)")
 
 
 def test_wrong_column(tmp_path, raw, data_home):

@@ -17,10 +17,11 @@ def add_parser(subparsers) -> None:
 
     def common(q, with_refresh):
         q.add_argument("name", help="dataset name (udg-fast data list)")
-        q.add_argument("--path", default=None, help="raw files: a zip or a folder (ml-100k: optional)")
+        q.add_argument("--path", "--data-path", dest="path", default=None,
+                       help="raw files: a zip or a folder (ml-100k: optional)")
         q.add_argument("--max-len", type=int, default=None, help="history length (default 50)")
-        q.add_argument("--seed", type=int, default=None, help="seed of the negative sampling (default 0)")
-        q.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+        q.add_argument("--seed", type=int, default=None, help="seed of every random draw: negative sampling, synthetic data (default 0)")
+        q.add_argument("-o", "--option", "--data-option", dest="option", action="append", default=[], metavar="KEY=VALUE",
                        help="a dataset-specific option, e.g. -o n_users=2000 (synthetic)")
         if with_refresh:
             q.add_argument("--refresh", action="store_true", help="prepare again even if cached")
@@ -62,8 +63,11 @@ def add_data_arguments(parser, dataset_default: str | None = "ml-100k", dataset_
     train (train, evaluate, coldstart, experiment); parse the options with `parse_pairs`."""
     parser.add_argument("--dataset", default=dataset_default,
                         help=dataset_help or f"dataset name (udg-fast data list; default {dataset_default})")
-    parser.add_argument("--data-path", default=None, help="raw files of the dataset (a zip or a folder)")
-    parser.add_argument("-o", "--data-option", action="append", default=[], metavar="KEY=VALUE",
+    # --path and --option too, the names of `udg-fast data prepare` (the data layer's errors say "--path")
+    parser.add_argument("--data-path", "--path", dest="data_path", default=None,
+                        help="raw files of the dataset (a zip or a folder)")
+    parser.add_argument("-o", "--data-option", "--option", dest="data_option", action="append", default=[],
+                        metavar="KEY=VALUE",
                         help="a dataset option, e.g. -o max_len=100 or -o n_users=2000 (synthetic)")
 
 
@@ -75,8 +79,9 @@ def _options(args) -> dict:
         opts["seed"] = args.seed
     try:
         opts.update(parse_pairs(args.option, "option"))
-    except ValueError as e:
-        raise SystemExit(f"udg-fast data: {e}") from None
+    except ValueError as e:  # a usage error: status 2, as argparse's own
+        print(f"udg-fast data: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     return opts
 
 

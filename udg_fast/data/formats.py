@@ -83,7 +83,7 @@ _LINE_RE = re.compile(r"line (\d+)")
 
 
 def _parser_error(label: str, e: Exception, line_offset: int = 0) -> DataError:
-    msg = str(e).replace("Error tokenizing data. C error: ", "")
+    msg = str(e).replace("Error tokenizing data. C error: ", "").strip()
     m = _LINE_RE.search(msg)
     if m:
         return DataError(f"{label}, line {int(m.group(1)) + line_offset}: malformed line ({msg})")
@@ -169,6 +169,11 @@ def read_table(
     except pd.errors.EmptyDataError:
         raise DataError(f"{member.label}: file is empty") from None
     except pd.errors.ParserError as e:
+        if not header and columns is not None:  # pandas counts fields from the first line: find the bad one
+            line, k = first_line_with_fields(member, len(columns), raw_sep, 0, encoding)
+            if line:
+                raise DataError(f"{member.label}, line {line}: expected {len(columns)} fields separated by "
+                                f"{raw_sep!r}, found {k}") from None
         raise _parser_error(member.label, e) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{member.label}: cannot decode as {encoding} ({e})") from None
@@ -195,6 +200,16 @@ def read_table(
                 f"{member.label}{where}: expected {len(columns)} fields separated by {raw_sep!r}, found {k or df.shape[1]}"
             )
         df.columns = list(columns)
+        # pandas fills a short line's last columns with NaN, which the required-column check below
+        # does not see when they are optional (ml-1m's users.dat line "3::35::3::12345", its gender
+        # missing, read as gender 35, age 3, occupation 12345): where an optional column has a
+        # missing value, find a line with too few fields (a pass over the file, only then).
+        optional = [c for c in columns if c not in (required or columns) or c in nullable]
+        if optional and df[optional].isna().to_numpy().any():
+            line, k = first_line_with_fields(member, len(columns), raw_sep, 0, encoding)
+            if line:
+                raise DataError(f"{member.label}, line {line}: expected {len(columns)} fields separated by "
+                                f"{raw_sep!r}, found {k}")
         if usecols is not None:
             df = df[list(usecols)]
 

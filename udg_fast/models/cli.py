@@ -82,7 +82,8 @@ def add_parsers(subparsers) -> None:
                                           "dynamic batch (udg_fast.serving.export; call it from Python with a model on "
                                           "a GPU for a GPU program), check the program against the model on "
                                           "example rows, and write it atomically. Load it with `import udg_fast; "
-                                          "torch.export.load(PATH).module()(batch)` (with --reference: torch alone).")
+                                          "torch.export.load(PATH).module()(batch)` (with --reference: torch alone), "
+                                          "batch a dict of exactly the fields the command prints.")
     x.add_argument("--checkpoint", required=True, help="a best.pt or last.pt written by udg-fast train")
     x.add_argument("--out", required=True, help="the .pt2 file to write")
     x.add_argument("--reference", action="store_true",
@@ -279,4 +280,7 @@ def _cmd_export(args) -> int:
               f"`import udg_fast; torch.export.load({str(out)!r}).module()(batch)`")
     else:
         print(f"ATen operators only; load it with `torch.export.load({str(out)!r}).module()(batch)`")
+    # torch.export checks the dict's keys: a batch of a split (label, timestamp, …) is refused
+    print(f"batch: a dict of exactly these fields, [B] or [B, {batch['hist_item'].shape[1]}] int64 tensors: "
+          f"{', '.join(model.required_fields())}")
     return 0
