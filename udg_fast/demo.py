@@ -3,8 +3,8 @@
 Prints the backend table, then trains DIN without and with User-Dependent Gating (3 epochs,
 batch 256, Adam 1e-3 halved every epoch, embedding size 18, seed 0; the epoch with the best
 valid AUC is kept) and prints their test metrics (AUC, Log Loss, RMSE, RIG, gAUC), the seconds per
-training epoch and the parameter counts. About a minute on a 2-core CPU (50 s on 2026-11-28; ml-100k is fetched
-and prepared first if it is not cached yet); run `udg-fast train` for any other model.
+training epoch and the parameter counts. About a minute on a 2-core CPU (50 s on 2026-11-28; ml-100k
+is fetched and prepared first if it is not cached yet); run `udg-fast train` for any other model.
 
     python -m udg_fast.demo [--epochs 3] [--threads 1] [--dataset ml-100k]
 """

@@ -27,6 +27,6 @@ def init_new_users(model, user_ids, profiles=None, generator=None, **kw):
 
 
 __all__ = ["ColdStartError", "MetaConfig", "MetaGenerator", "PairSampler", "PhaseSplit", "StudyConfig", "UserSplit",
-           "check_study", "init_new_users", "merge_splits", "meta_loss", "phase_split", "prepare_study_data", "require_profiles",
-           "resolve_thresholds", "run_one", "run_table5", "split_halves", "split_users", "train_generator",
-           "user_profiles"]
+           "check_study", "init_new_users", "merge_splits", "meta_loss", "phase_split", "prepare_study_data",
+           "require_profiles", "resolve_thresholds", "run_one", "run_table5", "split_halves", "split_users",
+           "train_generator", "user_profiles"]

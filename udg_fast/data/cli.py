@@ -20,8 +20,10 @@ def add_parser(subparsers) -> None:
         q.add_argument("--path", "--data-path", dest="path", default=None,
                        help="raw files: a zip or a folder (ml-100k: optional)")
         q.add_argument("--max-len", type=int, default=None, help="history length (default 50)")
-        q.add_argument("--seed", type=int, default=None, help="seed of every random draw: negative sampling, synthetic data (default 0)")
-        q.add_argument("-o", "--option", "--data-option", dest="option", action="append", default=[], metavar="KEY=VALUE",
+        q.add_argument("--seed", type=int, default=None,
+                       help="seed of every random draw: negative sampling, synthetic data (default 0)")
+        q.add_argument("-o", "--option", "--data-option", dest="option", action="append", default=[],
+                       metavar="KEY=VALUE",
                        help="a dataset-specific option, e.g. -o n_users=2000 (synthetic)")
         if with_refresh:
             q.add_argument("--refresh", action="store_true", help="prepare again even if cached")
