@@ -135,6 +135,45 @@ def test_environment_variable(monkeypatch):
         _backend.select("gated_linear", torch.device("cpu"), torch.float32)
 
 
+def test_use_backend_per_op():
+    """use_backend(name, ops=[...]) forces only the named ops, and wins over an every-op block in
+    either nesting; None removes an op's choice."""
+    cpu, f32 = torch.device("cpu"), torch.float32
+    with udg_fast.use_backend("reference", ops=["gated_linear"]):
+        assert _backend.select("gated_linear", cpu, f32) == "reference"
+        assert _backend.select("augru", cpu, f32) == "cpu"
+        assert _backend.forced_backend() is None and _backend.forced_backend("gated_linear") == "reference"
+        with udg_fast.use_backend("cpu"):  # every op, inner: the per-op choice still wins for its op
+            assert _backend.select("gated_linear", cpu, f32) == "reference"
+            assert _backend.select("gating_networks", cpu, f32) == "cpu"
+        with udg_fast.use_backend(None, ops="gated_linear"):
+            assert _backend.select("gated_linear", cpu, f32) == "cpu"
+    with udg_fast.use_backend("reference"), udg_fast.use_backend("cpu", ops=("augru", "din_attention")):
+        assert [_backend.select(op, cpu, f32) for op in _backend.OPS] == \
+            ["reference", "cpu", "cpu", "reference", "reference"]
+    assert all(_backend.select(op, cpu, f32) == "cpu" for op in _backend.OPS)
+    with pytest.raises(ValueError, match="use_backend\\(ops\\): unknown op 'gated_lineaar'; expected names of"):
+        with udg_fast.use_backend("reference", ops=["gated_lineaar"]):
+            pass
+    with pytest.raises(ValueError, match="name at least one op"):
+        with udg_fast.use_backend("reference", ops=[]):
+            pass
+
+
+def test_per_op_environment_variable(monkeypatch):
+    cpu, f32 = torch.device("cpu"), torch.float32
+    monkeypatch.setenv("UDG_FAST_BACKEND", "gated_linear=reference")
+    assert _backend.select("gated_linear", cpu, f32) == "reference" and _backend.select("augru", cpu, f32) == "cpu"
+    monkeypatch.setenv("UDG_FAST_BACKEND", "reference, augru = cpu")
+    assert [_backend.select(op, cpu, f32) for op in _backend.OPS] == \
+        ["reference", "cpu", "reference", "reference", "reference"]
+    with udg_fast.use_backend("cpu"):  # code wins over the environment
+        assert _backend.select("gated_linear", cpu, f32) == "cpu"
+    monkeypatch.setenv("UDG_FAST_BACKEND", "gru=cpu")
+    with pytest.raises(ValueError, match="UDG_FAST_BACKEND: unknown op 'gru'"):
+        _backend.select("gated_linear", cpu, f32)
+
+
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match="unknown backend 'fast'; expected one of reference, cpu, triton, cuda"):
         with udg_fast.use_backend("fast"):

@@ -46,7 +46,12 @@ DTYPES = {
     "cuda": (torch.float32, torch.bfloat16, torch.float16),
 }
 
+# The ops that choose a backend (`select(op, ...)`).
+OPS = ("gated_linear", "augru", "din_attention", "gating_networks", "embedding_backward")
+
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("udg_fast_backend", default=None)
+# use_backend(name, ops=[...]): {op: backend} for the named ops only (a new dict per block, never mutated)
+_forced_ops: contextvars.ContextVar[dict] = contextvars.ContextVar("udg_fast_op_backends", default={})
 
 # Filled by udg_fast/__init__.py when it tries to import the extension.
 _C = None
@@ -64,32 +69,78 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
+def _check_ops(ops, what: str) -> tuple[str, ...]:
+    ops = (ops,) if isinstance(ops, str) else tuple(ops)
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise ValueError(f"{what}: unknown op {bad[0]!r}; expected names of {', '.join(OPS)}" if bad
+                         else f"{what}: name at least one op ({', '.join(OPS)})")
+    return ops
+
+
 @contextlib.contextmanager
-def use_backend(name: str | None):
-    """Force every udg_fast op inside the block onto one backend (`None` restores automatic).
+def use_backend(name: str | None, ops=None):
+    """Force the udg_fast ops inside the block onto one backend (`None` restores automatic).
+
+    Args:
+        name: a backend of `BACKENDS`, or None.
+        ops: None (every op), or the op names (of `OPS`) to force; the others keep their choice.
+            A per-op choice wins over an every-op one, whichever block is inner.
 
     Example:
         >>> with udg_fast.use_backend("reference"):
         ...     y = layer(x, gate_logits)
+        >>> with udg_fast.use_backend("reference", ops=["gated_linear"]):   # cuBLAS for the MLP,
+        ...     loss = model.loss(batch)[0]                                   # kernels for the rest
     """
     if name is not None:
         _check_name(name, "use_backend(name)")
-    token = _forced.set(name)
+    if ops is None:
+        var, value = _forced, name
+    else:
+        per_op = dict(_forced_ops.get())
+        for op in _check_ops(ops, "use_backend(ops)"):
+            if name is None:
+                per_op.pop(op, None)
+            else:
+                per_op[op] = name
+        var, value = _forced_ops, per_op
+    token = var.set(value)
     try:
         yield
     finally:
-        _forced.reset(token)
+        var.reset(token)
 
 
-def forced_backend() -> str | None:
-    """The backend forced by `use_backend` (innermost) or UDG_FAST_BACKEND, else None."""
+def _env_backends() -> tuple[str | None, dict]:
+    """UDG_FAST_BACKEND: a backend for every op ("reference"), or per op ("gated_linear=reference,
+    augru=cuda"), or both ("reference,augru=cuda": augru on cuda, every other op on reference)."""
+    env = os.environ.get("UDG_FAST_BACKEND", "").strip()
+    every, per_op = None, {}
+    what = "environment variable UDG_FAST_BACKEND"
+    for item in filter(None, (x.strip() for x in env.split(","))):
+        if "=" in item:
+            op, name = (x.strip() for x in item.split("=", 1))
+            per_op[_check_ops(op, what)[0]] = _check_name(name, what)
+        else:
+            every = _check_name(item, what)
+    return every, per_op
+
+
+def forced_backend(op: str | None = None) -> str | None:
+    """The backend forced for `op` (None: for every op) by `use_backend` (innermost) or
+    UDG_FAST_BACKEND, else None. Per-op choices come first, then every-op ones."""
+    env_every, env_ops = _env_backends()
+    if op is not None:
+        name = _forced_ops.get().get(op)
+        if name is not None:
+            return name
     name = _forced.get()
     if name is not None:
         return name
-    env = os.environ.get("UDG_FAST_BACKEND")
-    if env:
-        return _check_name(env.strip(), "environment variable UDG_FAST_BACKEND")
-    return None
+    if op is not None and op in env_ops:
+        return env_ops[op]
+    return env_every
 
 
 def triton_interpret() -> bool:
@@ -252,7 +303,7 @@ def constant_result(fn):
 
 def select(op: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs `op` on tensors of this device and dtype."""
-    forced = forced_backend()
+    forced = forced_backend(op)
     if forced is not None:
         why = _ineligible(forced, device, dtype)
         if why is not None:
