@@ -73,6 +73,8 @@ def test_model(benchmark, provider, variant, shape, mode):
                                 lengths="uniform [1, T]")
     if provider == "deepctr":
         benchmark.extra_info["deepctr_torch"] = bench.environment().get("deepctr_torch")
+    if os.environ.get("UDG_FAST_BACKEND"):  # a forced backend (e.g. gated_linear=reference) changes "fused"
+        benchmark.extra_info["UDG_FAST_BACKEND"] = os.environ["UDG_FAST_BACKEND"]
     # one probe step decides the rounds: slow cases (DIEN on the reference backend, ~3 s) get 3
     import time
 

@@ -137,6 +137,17 @@ step profile 45 $PY benchmarks/profile_step.py "$OUT/profile"
 # DIN's attention: the Triton kernels (the op's GPU choice since 2026-11-28, not yet timed) against
 # the literal 4D concat ("eager", the choice before) and the factored form — one shape (~15 s).
 bench bench_din_attention 25 benchmarks/bench_din_attention.py -k "B2048-T50-D36"
+# gated_linear's GPU default at the model level: its CUDA kernel (the automatic choice) against
+# cuBLAS (the eager form, UDG_FAST_BACKEND=gated_linear=reference), PNN + UDG and DIN + UDG, train
+# and infer, B = 2048. At the op level the kernel was 0.3-0.95x eager forward and 0.65-1.43x forward
+# + backward on the H200 (2026-11-28b); if eager wins here, gated_linear's GPU order becomes () in
+# _backend.OP_GPU_PREFERENCE.
+MLP_AB_K="B2048-T50-d18 and fused and (pnn+udg or din+udg)"
+bench bench_mlp_kernel 20 benchmarks/bench_models.py -k "$MLP_AB_K"
+UDG_FAST_BACKEND=gated_linear=reference bench bench_mlp_eager 20 benchmarks/bench_models.py -k "$MLP_AB_K"
+for j in bench_mlp_kernel bench_mlp_eager; do
+  [ -s "$OUT/$j.json" ] && $PY benchmarks/report_models.py "$OUT/$j.json" --out "$OUT/$j.md"
+done
 # CUDA-graph timings (launch overhead removed).
 step cudagraph 40 $PY benchmarks/gpu_graph_timings.py "$OUT/cudagraph.json"
 

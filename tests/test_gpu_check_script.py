@@ -23,7 +23,7 @@ def test_gpu_check_runs_with_every_step_skipped(tmp_path):
     names = [line.split()[0] for line in steps]
     # every step the script defines is listed (build_inplace runs only when build fails), each
     # skipped by the filter
-    defined = set(re.findall(r"^\s*(?:if ! )?(?:step|bench) (\w+) \d+", SCRIPT.read_text(), flags=re.M))
+    defined = set(re.findall(r"^\s*(?:if ! )?(?:\w+=\S+ )?(?:step|bench) (\w+) \d+", SCRIPT.read_text(), flags=re.M))
     assert len(defined) >= 8 and defined - {"build_inplace"} <= set(names), (defined, steps)
     assert all("rc=skipped (not in GPU_CHECK_STEPS)" in line for line in steps), steps
     summary = json.loads((tmp_path / "summary.json").read_text())
