@@ -35,16 +35,41 @@ def item_category_table(dataset) -> torch.Tensor:
 
 
 def _ids(x, name: str) -> torch.Tensor:
-    t = torch.as_tensor(list(x) if not isinstance(x, (torch.Tensor, np.ndarray)) else x)
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
+    """`x` (a sequence, array or tensor of integer ids; may be empty) as int64 `[n]`."""
+    if isinstance(x, (str, bytes)) or not isinstance(x, (torch.Tensor, np.ndarray, Iterable)):
+        raise ModelError(f"{name} must be a sequence of integer ids, got {type(x).__name__}")
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        x = list(x)
+        if not x:  # torch.as_tensor([]) is float32: an empty history is no history
+            return torch.zeros(0, dtype=torch.int64)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in x):
+            bad = next(v for v in x if not isinstance(v, (int, np.integer)) or isinstance(v, bool))
+            raise ModelError(f"{name} must hold integer ids, got {bad!r}")
+    t = torch.as_tensor(x)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise ModelError(f"{name} must hold integer ids, got dtype {t.dtype}")
     return t.to(torch.int64).reshape(-1)
+
+
+def _id(x, name: str) -> int:
+    """One integer id (a user, a profile value)."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.dtype.is_floating_point:
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise ModelError(f"{name} must be an integer id, got {x!r}")
+    return int(x)
 
 
 def _lookup(table: torch.Tensor | None, ids: torch.Tensor, name: str) -> torch.Tensor:
     if table is None:
         raise ModelError(f"give {name} or an item_cat_table (serving.item_category_table(dataset))")
-    table = torch.as_tensor(table, dtype=torch.int64)
+    table = torch.as_tensor(table)
+    if table.dim() != 1 or table.numel() == 0 or table.dtype.is_floating_point or table.dtype == torch.bool:
+        raise ModelError(f"item_cat_table must be a non-empty 1-D integer table (item id → category), got "
+                         f"{table.dtype} {tuple(table.shape)}")
+    table = table.to(torch.int64)
     ok = (ids >= 0) & (ids < len(table))
     return torch.where(ok, table[ids.clamp(0, len(table) - 1)], torch.zeros_like(ids))
 
@@ -64,6 +89,8 @@ def candidate_batch(model: CTRModel, user_id: int, item_ids, *, item_cats=None, 
         profile, context: field → id for the schema's profile and context fields (missing: 0).
         item_cat_table: `[vocab(item_id)]` item → category (`item_category_table(dataset)`).
     """
+    if not isinstance(model, CTRModel):
+        raise ModelError(f"model must be a udg_fast CTRModel, got {type(model).__name__}")
     schema = model.schema
     items = _ids(item_ids, "item_ids")
     n, L = len(items), schema.max_len
@@ -84,9 +111,9 @@ def candidate_batch(model: CTRModel, user_id: int, item_ids, *, item_cats=None, 
     bad = sorted(set(given) - known)
     if bad:
         raise ModelError(f"unknown profile/context field(s) {bad} (the schema has: {sorted(known)})")
-    batch["user_id"] = torch.full((n,), int(user_id), dtype=torch.int64)
+    batch["user_id"] = torch.full((n,), _id(user_id, "user_id"), dtype=torch.int64)
     for f in sorted(known):
-        batch[f] = torch.full((n,), int(given.get(f, 0)), dtype=torch.int64)
+        batch[f] = torch.full((n,), _id(given.get(f, 0), f"profile/context field {f!r}"), dtype=torch.int64)
     hist = _ids(history, "history")[-L:]
     hcats = (_ids(history_cats, "history_cats")[-L:] if history_cats is not None
              else _lookup(item_cat_table, hist, "history_cats") if "hist_cat" in schema else None)
@@ -104,6 +131,8 @@ def candidate_batch(model: CTRModel, user_id: int, item_ids, *, item_cats=None, 
 def score_candidates(model: CTRModel, user_id: int, item_ids, *, batch_size: int = 4096, **kw) -> torch.Tensor:
     """Click probabilities `[n]` of the candidates `item_ids` for `user_id` (float32, CPU);
     keyword arguments as `candidate_batch`. No gradients; the model's train/eval mode is kept."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ModelError(f"batch_size must be a positive int, got {batch_size!r}")
     batch = candidate_batch(model, user_id, item_ids, **kw)
     n = len(batch["item_id"])
     out = [model.score({k: v[s:s + batch_size] for k, v in batch.items()}).cpu() for s in range(0, n, batch_size)]
@@ -114,9 +143,12 @@ def recommend(model: CTRModel, user_id: int, item_ids, k: int = 10, *, exclude: 
               **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-k item ids, their probabilities) among `item_ids`, leaving out `exclude` (e.g. the
     user's history); keyword arguments as `candidate_batch`."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ModelError(f"k must be an int >= 0, got {k!r}")
     items = _ids(item_ids, "item_ids")
-    if len(exclude):
-        items = items[~torch.isin(items, _ids(exclude, "exclude"))]
+    excl = _ids(exclude, "exclude")
+    if len(excl):
+        items = items[~torch.isin(items, excl)]
     p = score_candidates(model, user_id, items, **kw)
     top = torch.topk(p, min(k, len(p)))
     return items[top.indices], top.values

@@ -72,11 +72,49 @@ def test_recommend_excludes_and_ranks(model, synth):
     assert items.tolist() == (torch.topk(allp, 5).indices + 1).tolist()
 
 
-def test_serving_errors(model, synth):
-    with pytest.raises(ModelError, match="item_cat_table"):
-        serving.score_candidates(model, 1, [1, 2])
-    with pytest.raises(ModelError, match="unknown profile/context field"):
-        serving.score_candidates(model, 1, [1, 2], item_cats=[1, 1], history_cats=[], profile={"height": 3})
+def test_no_history_and_no_candidates(model, synth):
+    """A new user has no history (the default `history=()`, `[]` or an empty array): scored as
+    history length 0, exactly as a batch row with hist_len 0. No candidates: an empty result."""
+    cats = serving.item_category_table(synth)
+    p = serving.score_candidates(model, 3, [1, 2], item_cat_table=cats)
+    for empty in ([], (), np.zeros(0, np.int64), torch.zeros(0)):
+        torch.testing.assert_close(serving.score_candidates(model, 3, [1, 2], history=empty, item_cat_table=cats), p)
+    b = serving.candidate_batch(model, 3, [1, 2], item_cat_table=cats)
+    assert (b["hist_len"] == 0).all() and (b["hist_item"] == 0).all() and b["hist_item"].dtype == torch.int64
+    assert serving.score_candidates(model, 3, [], item_cat_table=cats).shape == (0,)
+    items, scores = serving.recommend(model, 3, [], k=3, item_cat_table=cats)
+    assert items.shape == scores.shape == (0,)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+    ({"batch_size": -1}, "batch_size must be a positive int, got -1"),
+    ({"user_id": 3.7}, "user_id must be an integer id, got 3.7"),
+    ({"user_id": None}, "user_id must be an integer id, got None"),
+    ({"item_ids": 5}, "item_ids must be a sequence of integer ids, got int"),
+    ({"item_ids": [1, 2.5]}, "item_ids must hold integer ids, got 2.5"),
+    ({"item_ids": torch.tensor([1.0])}, "item_ids must hold integer ids, got dtype torch.float32"),
+    ({"profile": {"age": None}}, "profile/context field 'age' must be an integer id, got None"),
+    ({"item_cat_table": torch.zeros(0, dtype=torch.int64)}, "item_cat_table must be a non-empty 1-D integer table"),
+    ({"item_cat_table": torch.zeros(9)}, "item_cat_table must be a non-empty 1-D integer table"),
+    ({"item_cat_table": None}, "give item_cats or an item_cat_table"),
+    ({"profile": {"height": 3}}, "unknown profile/context field"),
+])
+def test_serving_errors(model, synth, kw, match):
+    args = {"user_id": 1, "item_ids": [1, 2], "item_cat_table": serving.item_category_table(synth), **kw}
+    with pytest.raises(ModelError, match=match):
+        serving.score_candidates(model, args.pop("user_id"), args.pop("item_ids"), **args)
+
+
+def test_recommend_errors(model, synth):
+    cats = serving.item_category_table(synth)
+    for k in (-1, None, 2.0):
+        with pytest.raises(ModelError, match="k must be an int >= 0"):
+            serving.recommend(model, 1, [1, 2], k=k, item_cat_table=cats)
+    with pytest.raises(ModelError, match="exclude must be a sequence of integer ids, got int"):
+        serving.recommend(model, 1, [1, 2], exclude=1, item_cat_table=cats)
+    with pytest.raises(ModelError, match="model must be a udg_fast CTRModel, got Linear"):
+        serving.score_candidates(torch.nn.Linear(2, 2), 1, [1], item_cat_table=cats)
 
 
 # ---- torch.export ------------------------------------------------------------------------------
