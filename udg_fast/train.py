@@ -31,6 +31,7 @@ import torch
 
 from udg_fast import metrics as _metrics
 from udg_fast.data import Dataset, Schema, Split
+from udg_fast.data.cache import atomic_write_bytes
 from udg_fast.models import build_from_config
 from udg_fast.models.base import CTRModel, ModelError
 
@@ -87,15 +88,31 @@ class TrainConfig:
     distributed: bool = False
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # numpy numbers (a sweep over np.arange) become Python's
+            v = getattr(self, f.name)
+            if isinstance(v, np.generic):
+                setattr(self, f.name, v.item())
         require_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"), ValueError, "TrainConfig: ")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"TrainConfig: patience must be an int >= 0, got {self.patience!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig: lr must be a positive number, got {self.lr!r}")
-        if not (0 < self.lr_decay <= 1):
-            raise ValueError(f"TrainConfig: lr_decay must be in (0, 1], got {self.lr_decay!r}")
+
+        def number(name, ok, expected):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"TrainConfig: {name} must be {expected}, got {v!r}")
+
+        number("lr", lambda v: v > 0, "a positive number")
+        number("lr_decay", lambda v: 0 < v <= 1, "a number in (0, 1]")
+        number("weight_decay", lambda v: v >= 0, "a number >= 0")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"TrainConfig: seed must be an int >= 0, got {self.seed!r}")
+        if not isinstance(self.device, (str, torch.device)):
+            raise ValueError(f"TrainConfig: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for name in ("amp", "distributed"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(f"TrainConfig: progress must be True, False or None, got {self.progress!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,17 +278,32 @@ def evaluate_split(model: CTRModel, split: Split, base_rate: float | None = None
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save into a temp file beside `path`, then rename (data.cache.atomic_write_bytes: a
+    failed write leaves neither a partial file nor its temp file)."""
+    atomic_write_bytes(Path(path), lambda f: torch.save(obj, f))
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def plain(x: Any, where: str = "value") -> Any:
+    """`x` with numpy scalars and arrays turned into Python numbers and lists (recursively through
+    dicts, lists and tuples; tensors kept), so that a checkpoint holding it loads with
+    `torch.load(weights_only=True)` — which refuses numpy objects — and JSON can write it. Anything
+    else that weights_only could not load is a ModelError naming `where`."""
+    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)):
+        return x
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Mapping):
+        return {plain(k, where): plain(v, f"{where}[{k!r}]") for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(plain(v, f"{where}[{i}]") for i, v in enumerate(x))
+    raise ModelError(f"{where} is a {type(x).__name__}, which a checkpoint cannot hold (plain Python numbers, "
+                     f"strings, lists, dicts and tensors only)")
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -284,9 +316,9 @@ def save_checkpoint(path, model: CTRModel, *, epoch: int, metrics: Mapping | Non
     (`path.tmp`, then `os.replace`). Everything but the tensors is plain Python, so the file loads
     with `torch.load(path, weights_only=True)`."""
     path = Path(path)
-    obj = {"format": CHECKPOINT_FORMAT, "config": model.config, "state_dict": _cpu_state(model),
-           "epoch": int(epoch), "metrics": dict(metrics or {})}
-    obj.update(extra or {})
+    obj = {"format": CHECKPOINT_FORMAT, "config": plain(model.config, "the model's config"),
+           "state_dict": _cpu_state(model), "epoch": int(epoch), "metrics": plain(dict(metrics or {}), "metrics")}
+    obj.update(plain(dict(extra or {}), "extra"))
     _atomic_save(obj, path)
     return path
 
@@ -569,7 +601,7 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         result["test"] = evaluate_split(model, dataset.test, base_rate, cfg.eval_batch_size, device, cfg.amp,
                                         cfg.progress, distributed=cfg.distributed)
     if out is not None and main:
-        _atomic_write_text(json.dumps(result, indent=2, default=float) + "\n", out / "metrics.json")
+        _atomic_write_text(json.dumps(plain(result, "metrics"), indent=2, default=float) + "\n", out / "metrics.json")
     return result
 
 

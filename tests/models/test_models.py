@@ -290,6 +290,39 @@ def test_unknown_model_and_hyper_parameter(synth):
         models.build("din", {"user_id": 3})
 
 
+@pytest.mark.parametrize("name,hp,match", [
+    ("pnn", {"hidden": "abc"}, "hidden must be a list of positive ints, got 'abc'"),
+    ("pnn", {"hidden": None}, "hidden must be a list of positive ints, got None"),
+    ("pnn", {"hidden": (8.5,)}, r"hidden must be a list of positive ints, got \[8.5\]"),
+    ("din", {"att_hidden": ()}, r"att_hidden must be a list of positive ints \(at least one\)"),
+    ("dien", {"aux_hidden": []}, r"aux_hidden must be a list of positive ints \(at least one\)"),
+    ("pnn", {"embed_dim": 4.7}, "embed_dim must be a positive int, got 4.7"),
+    ("pnn", {"embed_dim": "8"}, "embed_dim must be a positive int, got '8'"),
+    ("pnn", {"gate_hidden": -1}, "gate_hidden must be a positive int or None, got -1"),
+    ("pnn", {"udg_dim": 0}, "udg_dim must be a positive int or None, got 0"),
+    ("pnn", {"embed_init_std": -1}, "embed_init_std must be a number >= 0, got -1"),
+    ("pnn", {"l2_embedding": "a"}, "l2_embedding must be a number >= 0, got 'a'"),
+    ("pnn", {"gate_scale": "x"}, "gate_scale must be a number > 0, got 'x'"),
+    ("pnn", {"gate_scale": 0}, "gate_scale must be a number > 0, got 0"),
+    ("dien", {"aux_alpha": float("nan")}, "aux_alpha must be a number >= 0, got nan"),
+    ("din", {"att_norm": 3}, "att_norm must be a string, got 3"),
+])
+def test_bad_hyper_parameters_are_named(synth, name, hp, match):
+    with pytest.raises(ModelError, match=f"{name}: hyper-parameter {match}"):
+        models.build(name, synth.schema, udg=True, **hp)
+
+
+def test_hyper_parameters_from_numpy_and_ints_are_plain(synth):
+    import numpy as np
+
+    m = models.build("din", synth.schema, udg=True, embed_dim=np.int64(4), hidden=np.array([8, 4]), att_hidden=16,
+                     gate_scale=np.float32(2), embed_init_std=0)
+    assert m.hparams["hidden"] == [8, 4] and m.hparams["att_hidden"] == [16]
+    assert type(m.hparams["embed_dim"]) is int and type(m.hparams["gate_scale"]) is float
+    with pytest.raises(ModelError, match="udg must be True or False, got 'no'"):
+        models.build("din", synth.schema, udg="no")
+
+
 def test_a_batch_missing_a_field_names_it(synth, batch):
     model = _build("din", synth.schema, True)
     with pytest.raises(ModelError, match=r"lacks field\(s\) 'hist_len'"):

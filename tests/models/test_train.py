@@ -53,6 +53,34 @@ def test_fit_writes_best_checkpoint_and_metrics(synth, tmp_path):
     assert res["test"]["auc"] == pytest.approx(metrics.auc(synth.test["label"], probs))
 
 
+def test_numpy_numbers_in_the_config_still_give_loadable_checkpoints(synth, tmp_path):
+    """Hyper-parameters and TrainConfig fields taken from numpy (a sweep over np.arange, a pandas
+    row) used to be pickled as numpy objects, which torch.load(weights_only=True) refuses: fit
+    wrote best.pt and last.pt that could never be loaded or resumed."""
+    import numpy as np
+
+    train.set_seed(0)
+    hp = {**tiny_hp("din"), "embed_dim": np.int64(4), "hidden": np.array([8, 4]), "gate_scale": np.float32(2)}
+    model = models.build("din", synth.schema, udg=True, **hp)
+    cfg = train.TrainConfig(**{**CFG, "epochs": np.int64(1), "lr": np.float64(5e-3)})
+    train.fit(model, synth, cfg, out_dir=tmp_path, log=_quiet)
+    for name in ("best.pt", "last.pt"):
+        loaded, ckpt = train.load_checkpoint(tmp_path / name, synth.schema)
+        assert loaded.hparams["hidden"] == [8, 4] or tuple(loaded.hparams["hidden"]) == (8, 4)
+        assert type(ckpt["config"]["hparams"]["embed_dim"]) is int
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["epochs"] == 1
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_file(synth, tmp_path):
+    model = _model(synth.schema, "pnn")
+    with pytest.raises(ModelError, match=r"extra\['note'\] is a object, which a checkpoint cannot hold"):
+        train.save_checkpoint(tmp_path / "c.pt", model, epoch=0, extra={"note": object()})
+    with pytest.raises(Exception):  # a folder in the way: the rename fails
+        (tmp_path / "d.pt").mkdir()
+        train.save_checkpoint(tmp_path / "d.pt", model, epoch=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]
+
+
 def test_checkpoint_round_trip_gives_identical_predictions(synth, batch, tmp_path):
     for name, udg in (("pnn", True), ("dien", False)):
         model = _model(synth.schema, name, udg, product="both") if name == "pnn" else _model(synth.schema, name, udg)
@@ -96,6 +124,21 @@ def test_early_stopping_and_lr_decay(synth):
     assert n < 8 and any("early stop" in s for s in lines)
     assert [h["lr"] for h in res["history"]] == pytest.approx([0.05 * 0.9 ** e for e in range(n)])
     assert res["valid"]["auc"] == max(h["valid"]["auc"] for h in res["history"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"lr": "1e-3"}, "lr must be a positive number, got '1e-3'"),
+    ({"weight_decay": -1}, "weight_decay must be a number >= 0, got -1"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a number >= 0, got nan"),
+    ({"lr_decay": 0}, r"lr_decay must be a number in \(0, 1\], got 0"),
+    ({"device": 3}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 3"),
+    ({"amp": "yes"}, "amp must be True or False, got 'yes'"),
+    ({"progress": 1}, "progress must be True, False or None, got 1"),
+    ({"epochs": 1.5}, "epochs must be a positive int, got 1.5"),
+])
+def test_train_config_names_a_bad_option(kw, match):
+    with pytest.raises(ValueError, match=f"TrainConfig: {match}"):
+        train.TrainConfig(**kw)
 
 
 def test_checkpoint_errors_are_clear(synth, tmp_path):

@@ -25,7 +25,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -363,10 +362,9 @@ def figure_png(rows: list[dict], counts: Mapping) -> bytes:
 
 
 def _atomic_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from udg_fast.data.cache import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), lambda f: f.write(data))
 
 
 # ---- the entry point ---------------------------------------------------------------------------

@@ -14,9 +14,11 @@ the MLP input), `middle()`, and optionally `extra_features()` / `extra_logit()`.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,10 +104,55 @@ class Embedded:
 
 
 def _plain(v):
-    """Hyper-parameter values as plain, JSON- and weights_only-safe types (tuples → lists)."""
+    """Hyper-parameter values as plain, JSON- and weights_only-safe types (tuples → lists, numpy
+    numbers and arrays → Python's: torch.load(weights_only=True) refuses numpy objects)."""
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
+
+
+# Hyper-parameters whose default (None, or a number) does not tell their kind.
+_POSITIVE_INT_OR_NONE = ("gate_hidden", "udg_dim")
+_NONNEGATIVE = ("embed_init_std", "l2_embedding", "udg_init_std", "aux_alpha")
+_NONEMPTY = ("att_hidden", "aux_hidden")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_hparam(model: str, k: str, v, default) -> None:
+    """Raise ModelError when hyper-parameter `k` = `v` (plain) is not of the kind its default is:
+    a positive int (embed_dim), a list of positive ints (hidden), a finite number (gate_scale > 0;
+    stds and penalties >= 0), a string, a bool, or None where the default is None."""
+    def bad(expected):
+        return ModelError(f"{model}: hyper-parameter {k} must be {expected}, got {v!r}")
+
+    if k in _POSITIVE_INT_OR_NONE:
+        if v is not None and not (_is_int(v) and v >= 1):
+            raise bad("a positive int or None")
+    elif isinstance(default, bool):
+        if not isinstance(v, bool):
+            raise bad("True or False")
+    elif _is_int(default):
+        if not (_is_int(v) and v >= 1):
+            raise bad("a positive int")
+    elif isinstance(default, float) or k in _NONNEGATIVE:
+        if v is None and default is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (k == "gate_scale" and v == 0):
+            raise bad("a number > 0" if k == "gate_scale" else "a number >= 0")
+    elif isinstance(default, (list, tuple)):
+        if not isinstance(v, list) or not all(_is_int(x) and x >= 1 for x in v) or (k in _NONEMPTY and not v):
+            raise bad("a list of positive ints" + (" (at least one)" if k in _NONEMPTY else ""))
+    elif isinstance(default, str):
+        if not isinstance(v, str) and not (k == "att_activation" and callable(v)):
+            raise bad("a string")
 
 
 class CTRModel(nn.Module):
@@ -137,6 +184,8 @@ class CTRModel(nn.Module):
         super().__init__()
         if not isinstance(schema, Schema):
             raise ModelError(f"{self.name}: schema must be a udg_fast.data.Schema, got {type(schema).__name__}")
+        if not isinstance(udg, (bool, np.bool_)):
+            raise ModelError(f"{self.name}: udg must be True or False, got {udg!r}")
         hp = self.resolve_hparams(hparams)
         self.schema, self.udg, self.hparams = schema, bool(udg), hp
         d = self.embed_dim = int(hp["embed_dim"])
@@ -192,11 +241,12 @@ class CTRModel(nn.Module):
         if bad:
             raise ModelError(f"{cls.name}: unknown hyper-parameter(s) {', '.join(map(repr, bad))} "
                              f"(valid: {', '.join(sorted(allowed))})")
-        hp = {**allowed, **hparams}
-        for k in ("hidden",):
-            if isinstance(hp[k], int):
-                hp[k] = (hp[k],)
-        return {k: _plain(v) for k, v in hp.items()}
+        hp = {k: _plain(v) for k, v in {**allowed, **hparams}.items()}
+        for k, v in hp.items():
+            if isinstance(allowed[k], tuple) and _is_int(v):  # hidden=64: one layer
+                hp[k] = v = [v]
+            _check_hparam(cls.name, k, v, allowed[k])
+        return hp
 
     def _build(self) -> int:
         """Create the model's own modules; set `self.mid_dim`; return the extra MLP-input width."""
