@@ -129,9 +129,16 @@ def set_seed(seed: int) -> None:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+        raise ValueError(f"device {str(d)!r} was requested but no CUDA GPU is available")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(d)!r} was requested but there are {torch.cuda.device_count()} CUDA GPU(s)")
     return d
 
 
@@ -310,6 +317,22 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _prepare_out_dir(out: Path, fresh: bool) -> None:
+    """Make `out` and check that it takes files before any training (a bad --out used to fail
+    after the first epoch); for a fresh run remove an earlier run's best.pt, last.pt and
+    metrics.json, so a run killed early never leaves files of two runs side by side."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".udg_fast_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ModelError(f"out_dir {str(out)!r}: cannot write there ({e.strerror or e})") from None
+    if fresh:
+        for name in ("metrics.json", "best.pt", "last.pt"):
+            (out / name).unlink(missing_ok=True)
+
+
 def save_checkpoint(path, model: CTRModel, *, epoch: int, metrics: Mapping | None = None,
                     extra: Mapping | None = None) -> Path:
     """Write `{"format", "config", "state_dict", "epoch", "metrics", …extra}` to `path` atomically
@@ -453,6 +476,8 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and main:
+        _prepare_out_dir(out, fresh=resume is None)
     info = dict(dataset_info or {"name": dataset.name, "options": dict(dataset.meta.get("options", {}))})
     base_rate = positive_rate(dataset.train)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -468,17 +493,39 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
                              f"train ({ck.get('config', {}).get('model')!r} …); build the model from its config")
         if "optimizer" not in ck:
             raise ModelError(f"{resume}: has no optimiser state (resume from a last.pt, not a best.pt)")
+        # The run goes on as it was: a recipe that differs would make "equal to an uninterrupted
+        # run" false while metrics.json recorded the new recipe for the whole run.
+        was = ck.get("train_config") or {}
+        changed = [k for k in ("batch_size", "lr", "lr_decay", "weight_decay", "seed")
+                   if k in was and was[k] != getattr(cfg, k)]
+        if changed:
+            raise ModelError(f"{resume}: the run was trained with " + ", ".join(f"{k}={was[k]!r}" for k in changed)
+                             + "; resume it with the same values (" + ", ".join(
+                                 f"{k}={getattr(cfg, k)!r}" for k in changed) + " given), or start a new run")
         load_state(model, ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         history = list(ck["history"])
         start = ck["epoch"] + 1
         best_auc, best_epoch, bad_epochs = ck["best_auc"], ck["best_epoch"], ck["bad_epochs"]
         stopped = bool(ck.get("stopped"))
-        if out is not None and (out / "best.pt").is_file():
-            best_state = read_checkpoint(out / "best.pt")["state_dict"]
-        elif Path(resume).with_name("best.pt").is_file():
-            best_state = read_checkpoint(Path(resume).with_name("best.pt"))["state_dict"]
+        if best_epoch >= 0:
+            # the best epoch's weights: the best.pt written beside this last.pt by the same run
+            # (not one in out_dir, which may be another run's), checked to be that epoch's
+            best_path = Path(resume).with_name("best.pt")
+            bk = read_checkpoint(best_path) if best_path.is_file() else None
+            if bk is None or bk.get("epoch") != best_epoch or bk.get("config") != ck["config"]:
+                raise ModelError(f"{resume}: the run's best epoch {best_epoch + 1} needs its best.pt beside it, "
+                                 f"and {best_path} " + ("does not exist" if bk is None else
+                                                        f"holds epoch {bk.get('epoch', -1) + 1} of another run"
+                                                        if bk.get("config") != ck["config"] else
+                                                        f"holds epoch {bk.get('epoch', -1) + 1}"))
+            best_state = bk["state_dict"]
+            if out is not None and main and best_path.resolve() != (out / "best.pt").resolve():
+                _atomic_save(bk, out / "best.pt")  # the resumed run's folder is complete on its own
         log(f"resumed from {resume} after epoch {ck['epoch'] + 1}")
+        if stopped or start >= cfg.epochs:
+            log(f"nothing left to train: the run {'stopped early' if stopped else 'finished'} after epoch "
+                f"{start} (epochs={cfg.epochs})")
 
     model.train()
     fields = [f for f in model.required_fields(training=True) if f in dataset.train]

@@ -114,6 +114,64 @@ def test_cpu_training_repeats_exactly_and_resume_equals_one_run(synth, tmp_path)
     _states_equal(last_a, last_c)
 
 
+def test_resume_takes_its_own_runs_best_and_recipe(synth, tmp_path):
+    """A resumed run's best epoch comes from the best.pt beside its last.pt — never from another
+    run's best.pt in out_dir (which once gave the other run's test metrics) — and the recipe must
+    be the run's own."""
+    cfg1 = train.TrainConfig(epochs=1, patience=0, seed=3, **CFG)
+    cfg2 = train.TrainConfig(epochs=2, patience=0, seed=3, **CFG)
+    train.fit(_model(synth.schema, "pnn", seed=1), synth, cfg1, out_dir=tmp_path / "a", log=_quiet)
+    train.fit(_model(synth.schema, "pnn", seed=2), synth, cfg1, out_dir=tmp_path / "b", log=_quiet)  # another run
+    whole = train.fit(_model(synth.schema, "pnn", seed=1), synth, cfg2, log=_quiet)
+    got = train.fit(_model(synth.schema, "pnn", seed=9), synth, cfg2, out_dir=tmp_path / "b",
+                    resume=tmp_path / "a" / "last.pt", log=_quiet)
+    assert got["test"] == whole["test"] and got["best_epoch"] == whole["best_epoch"]
+    assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["epoch"] + 1 == whole["best_epoch"]
+    # a best.pt beside the last.pt that is not the run's own best epoch is refused
+    (tmp_path / "c").mkdir()
+    for name in ("last.pt", "best.pt"):
+        src = tmp_path / ("a" if name == "last.pt" else "b") / name
+        (tmp_path / "c" / name).write_bytes(src.read_bytes())
+    with pytest.raises(ModelError, match=r"needs its best\.pt beside it, and .*best\.pt holds epoch"):
+        train.fit(_model(synth.schema, "pnn"), synth, cfg2, resume=tmp_path / "c" / "last.pt", log=_quiet)
+    (tmp_path / "c" / "best.pt").unlink()
+    with pytest.raises(ModelError, match=r"best\.pt does not exist"):
+        train.fit(_model(synth.schema, "pnn"), synth, cfg2, resume=tmp_path / "c" / "last.pt", log=_quiet)
+    with pytest.raises(ModelError, match=r"the run was trained with lr=0.005, seed=3; resume it with the same values"):
+        train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=2, lr=0.05, seed=4, progress=False,
+                                                                         batch_size=128),
+                  resume=tmp_path / "a" / "last.pt", log=_quiet)
+
+
+def test_out_dir_is_checked_before_training_and_a_fresh_run_clears_it(synth, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for bad in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(ModelError, match=f"out_dir {str(bad)!r}: cannot write there"):
+            train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=1, **CFG), out_dir=bad,
+                      log=_quiet)
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.json").write_text("{}")  # an earlier run's files, not this one's
+    (d / "best.pt").write_text("old")
+    calls = []
+    train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=1, **CFG), out_dir=d,
+              log=lambda s: calls.append(sorted(p.name for p in d.iterdir())))
+    assert calls[0] == ["best.pt", "last.pt"]  # after epoch 1: the old metrics.json was gone
+
+
+def test_resume_cli_defaults_to_the_runs_folder(synth, tmp_path, monkeypatch, capsys):
+    argv = ["train", "--dataset", "synthetic", "-o", "n_users=40", "-o", "samples_per_user=30", "-o", "max_len=10",
+            "--model", "pnn", "--epochs", "1", "--embed-dim", "4", "--hidden", "8", "--no-progress"]
+    run = tmp_path / "a"
+    assert cli.main(argv + ["--out", str(run)]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv[:-5] + ["--epochs", "2", "--embed-dim", "4", "--hidden", "8", "--no-progress", "--resume",
+                                 str(run / "last.pt")]) == 0
+    assert f"wrote {run / 'metrics.json'}" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["config"]["epochs"] == 2
+    assert not (tmp_path / "runs").exists()
+
+
 def test_early_stopping_and_lr_decay(synth):
     model = _model(synth.schema, "wdl", udg=False)
     lines = []
@@ -199,8 +257,15 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     assert cli.main(["export", "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "x.pt2"),
                      "--example-rows", "1"]) == 2
     assert "--example-rows must be >= 2" in capsys.readouterr().err and not (tmp_path / "x.pt2").exists()
-    assert cli.main(argv[:-3] + ["--hp", "colour=blue", "--out", str(out)]) == 2
+    assert cli.main(argv[:-3] + ["--hp", "colour=blue", "--out", str(tmp_path / "other")]) == 2
     assert "unknown hyper-parameter(s) 'colour'" in capsys.readouterr().err
+    # the folder holds a run: refused unless --resume or --overwrite
+    before = (out / "metrics.json").read_text()
+    assert cli.main(argv) == 2
+    assert f"--out {out} holds a run already: --resume {out / 'last.pt'} continues it" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == before
+    assert cli.main(argv + ["--overwrite", "--seed", "1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["seed"] == 1
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "xgboost"])
 

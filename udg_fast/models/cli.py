@@ -55,8 +55,11 @@ def add_parsers(subparsers) -> None:
     g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
-    g.add_argument("--out", default=None, help="output folder (default runs/DATASET-MODEL[-udg]-seedS)")
+    g.add_argument("--out", default=None,
+                   help="output folder (default runs/DATASET-MODEL[-udg]-seedS; with --resume: the last.pt's)")
     g.add_argument("--resume", default=None, metavar="LAST_PT", help="continue a run from its last.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it such a folder is refused)")
     g.add_argument("--distributed", action="store_true",
                    help="multi-process training under torchrun (DistributedDataParallel; gloo on CPU, NCCL on GPU): "
                         "the data sharded by rank, --batch-size the global batch, metrics over the whole split, "
@@ -140,6 +143,12 @@ def _cmd_train(args) -> int:
         return code
     except (DataError, ModelError, ValueError, FloatingPointError) as e:
         return _fail(str(e))
+    except KeyboardInterrupt:
+        out = getattr(args, "_out", None)
+        last = out / "last.pt" if out is not None else None
+        print("\nudg-fast train: interrupted" + (f"; continue with --resume {last}" if last and last.is_file()
+                                                 else " before the first epoch ended"), file=sys.stderr)
+        return 130
     finally:
         if args.distributed:
             import torch.distributed as dist
@@ -167,8 +176,16 @@ def _train(args) -> int:
                  ("gate_inputs", args.gate_inputs)):
         if v is not None:
             hp[k] = v
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}")
         torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else \
+        Path(f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
+    args._out = out
+    if args.resume is None and not args.overwrite and any((out / n).is_file() for n in ("metrics.json", "last.pt")):
+        raise ValueError(f"--out {out} holds a run already: --resume {out / 'last.pt'} continues it, --overwrite "
+                         f"replaces it, or give another --out")
     if args.distributed:
         rank, _ = _init_distributed(args)
     cfg = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay,
@@ -183,7 +200,6 @@ def _train(args) -> int:
         torch.distributed.barrier()
     train.set_seed(args.seed)
     model = models.build(args.model, ds.schema, udg=args.udg, **hp)
-    out = Path(args.out or f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
     info = {"name": ds.name, "path": None if args.data_path is None else str(Path(args.data_path).resolve()),
             "options": dict(ds.meta.get("options", {}))}
     result = train.fit(model, ds, cfg, out_dir=out, resume=args.resume, dataset_info=info)
