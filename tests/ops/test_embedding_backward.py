@@ -164,6 +164,11 @@ def test_cpp_op_checks_its_arguments():
     ((torch.randn(3, 4), torch.tensor([0, 1]), 5, 0), ValueError, "one id per row of grad"),
     ((torch.randn(3, 4), torch.tensor([0, 1, 2]), -1, None), ValueError, "num_rows must be an int >= 0"),
     (("x", torch.tensor([0]), 5, 0), TypeError, "must be torch.Tensors"),
+    # the reference path (grad mode, or half precision) checks ids as the C++ kernel does: index_put_
+    # would take -1 as the last row
+    ((torch.randn(3, 4).half(), torch.tensor([0, 1, -1]), 5, 0), ValueError, r"ids must be in \[0, num_rows = 5\), got -1"),
+    ((torch.randn(3, 4).half(), torch.tensor([0, 1, 5]), 5, 0), ValueError, r"ids must be in \[0, num_rows = 5\), got 5"),
+    ((torch.randn(3, 4).half(), torch.tensor([0, 0, 0]), 0, 0), ValueError, r"ids must be in \[0, num_rows = 0\)"),
 ])
 def test_bad_input_names_the_argument(args, exc, match):
     with pytest.raises(exc, match=match):

@@ -38,7 +38,7 @@ def _inputs(lead, k, n, bias, dtype, device, seed, noncontiguous=False):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale)
 
     x, gl = r(*lead, k), r(*lead, k, scale=2.0)
-    w, b = r(n, k, scale=k ** -0.5), (r(n) if bias else None)
+    w, b = r(n, k, scale=max(k, 1) ** -0.5), (r(n) if bias else None)
     if noncontiguous:  # same values, strided storage
         x = torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]
         w = w.t().contiguous().t()
@@ -87,6 +87,14 @@ def test_matches_reference(backend, case):
 @pytest.mark.parametrize("act,bias,scale", OPTIONS)
 def test_all_options(backend, act, bias, scale):
     _check_backend(backend, (9,), 19, 11, act, bias, scale, torch.float32, seed=OPTIONS.index((act, bias, scale)))  # reproducible (hash() of a str is salted per process)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("k,n", [(0, 5), (6, 0)], ids=["no-inputs", "no-outputs"])
+def test_zero_width_layers(backend, k, n):
+    """K = 0 (act(b)) or N = 0 (an empty output): the reference's result and gradients on every
+    backend (the kernels' [-1, 0] views failed)."""
+    _check_backend(backend, (4,), k, n, "relu", True, 1.0, torch.float32, seed=11)
 
 
 @pytest.mark.parametrize("backend", backend_params())

@@ -72,6 +72,8 @@ def _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activati
     if query.dim() != 2:
         raise ValueError(f"din_attention: query must be [B, D], got shape {tuple(query.shape)}")
     B, D = query.shape
+    if D < 1:  # the C++ kernel's per-sample GEMMs have no zero-width case (it crashed)
+        raise ValueError(f"din_attention: query must be [B, D] with D >= 1, got shape {tuple(query.shape)}")
     if keys.dim() != 3 or keys.shape[0] != B or keys.shape[2] != D:
         raise ValueError(f"din_attention: keys must be [B={B}, T, D={D}] (query is [B, D]), got {tuple(keys.shape)}")
     if mask is not None:
@@ -85,6 +87,8 @@ def _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activati
     if fc1_bias.shape != fc1_weight.shape[:1]:
         raise ValueError(f"din_attention: fc1_bias must be [{fc1_weight.shape[0]}], got {tuple(fc1_bias.shape)}")
     width = fc1_weight.shape[0]
+    if width < 1:
+        raise ValueError(f"din_attention: fc1_weight must have at least one row (h1 >= 1), got {tuple(fc1_weight.shape)}")
     for i, (w, b) in enumerate(zip(weights, biases)):
         if not isinstance(w, torch.Tensor) or not isinstance(b, torch.Tensor):
             raise TypeError(f"din_attention: weights[{i}] and biases[{i}] must be tensors")
@@ -93,6 +97,8 @@ def _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activati
                              f"before), got {tuple(w.shape)}")
         if b.shape != w.shape[:1]:
             raise ValueError(f"din_attention: biases[{i}] must be [{w.shape[0]}], got {tuple(b.shape)}")
+        if w.shape[0] < 1:
+            raise ValueError(f"din_attention: weights[{i}] must have at least one row, got {tuple(w.shape)}")
         width = w.shape[0]
     if width != 1:
         raise ValueError(f"din_attention: the last weight must be [1, h] (one score), got {tuple(weights[-1].shape)}")

@@ -81,6 +81,12 @@ def embedding_backward(grad: torch.Tensor, ids: torch.Tensor, num_rows: int,
     _validate(grad, ids, num_rows, padding_idx)
     backend = _select(grad.device, grad.dtype)
     if backend != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
+            # the C++ kernel checks its ids; the reference's index_put_ would take -1 as the last row
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= num_rows:
+                raise ValueError(f"embedding_backward: ids must be in [0, num_rows = {num_rows}), got "
+                                 f"{lo if lo < 0 else hi}")
         # the GPU backends have no kernel; create_graph=True needs a differentiable gradient
         return embedding_backward_reference(grad, ids, num_rows, padding_idx)
     # grad's rows are read where they are (a column slice of the models' [B, T, n·d] history

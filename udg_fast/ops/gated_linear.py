@@ -107,7 +107,8 @@ def gated_linear(
     _validate(x, gate_logits, weight, bias, activation, gate_scale)
     gate_scale = float(gate_scale)
     backend = _select(x.device, x.dtype)
-    if backend == "reference":
+    if backend == "reference" or x.shape[-1] == 0 or weight.shape[0] == 0:
+        # no input or no output features: nothing for a kernel to do (its [-1, 0] views fail)
         return gated_linear_reference(x, gate_logits, weight, bias, activation, gate_scale)
     lead, k, n = x.shape[:-1], x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, k).contiguous()
