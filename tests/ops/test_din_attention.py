@@ -284,7 +284,8 @@ def _with(i, v):
     # zero widths: the C++ kernel has no zero-width GEMM (D = 0 crashed the process)
     ([torch.randn(2, 0), torch.randn(2, 3, 0), None, torch.randn(5, 0), torch.randn(5), [torch.randn(1, 5)],
       [torch.randn(1)], "sigmoid"], ValueError, r"query must be \[B, D\] with D >= 1, got shape \(2, 0\)"),
-    (_with(3, torch.randn(0, 16)), ValueError, r"fc1_weight must have at least one row"),
+    (_ok()[:3] + [torch.randn(0, 16), torch.randn(0), [torch.randn(1, 0)], [torch.randn(1)], "sigmoid"], ValueError,
+     r"fc1_weight must have at least one row"),
 ])
 def test_bad_input_names_the_argument(args, exc, match):
     with pytest.raises(exc, match=match):
