@@ -202,14 +202,12 @@ def export(model: CTRModel, example_batch: Mapping[str, torch.Tensor], dynamic_b
 
     if not isinstance(model, CTRModel):
         raise ModelError(f"export: model must be a udg_fast CTRModel, got {type(model).__name__}")
-    model.check_batch(example_batch)
+    if not isinstance(example_batch, Mapping):
+        model.check_batch(example_batch)  # raises, naming the type
     dev = next(model.parameters()).device
-    batch = {f: torch.as_tensor(example_batch[f]).to(dev) for f in model.required_fields()}
-    sizes = {f: (t.shape[0] if t.dim() else None) for f, t in batch.items()}
-    if len(set(sizes.values())) != 1 or None in sizes.values():
-        raise ModelError(f"export: every field of example_batch must have the same size in dimension 0 "
-                         f"(the batch), got {sizes}")
-    n = next(iter(sizes.values()))
+    batch = {f: torch.as_tensor(example_batch[f]).to(dev) for f in model.required_fields() if f in example_batch}
+    model.check_batch(batch, values=False)  # every field there, one batch size, [B] / [B, T] integer ids
+    n = batch["user_id"].shape[0]
     if dynamic_batch and n < 2:
         raise ModelError(f"export: with dynamic_batch, example_batch needs at least 2 rows (torch.export "
                          f"specialises a dimension of size 1), got {n}")

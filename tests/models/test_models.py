@@ -323,6 +323,28 @@ def test_hyper_parameters_from_numpy_and_ints_are_plain(synth):
         models.build("din", synth.schema, udg="no")
 
 
+@pytest.mark.parametrize("name", ["pnn", "din", "dien"])
+def test_bad_batches_are_named(synth, batch, name):
+    model = _build(name, synth.schema, True)
+    T = batch["hist_item"].shape[1]
+    cases = [
+        (dict(batch, item_id=batch["item_id"][:5]), "batch fields 'user_id' and 'item_id' have 64 and 5 rows"),
+        (dict(batch, hist_cat=batch["hist_cat"][:, :-1]), f"history fields 'hist_item' and 'hist_cat' have {T} and {T - 1}"),
+        (dict(batch, item_id=batch["item_id"].float()), "batch field 'item_id' must hold integer ids, got torch.float32"),
+        (dict(batch, item_id=batch["item_id"].tolist()), "batch field 'item_id' must be a torch.Tensor, got list"),
+        (dict(batch, hist_len=batch["hist_len"][:, None]), r"batch field 'hist_len' must be \[B\], got shape \(64, 1\)"),
+        (dict(batch, hist_len=batch["hist_len"] + T + 1), f"hist_len must be in \\[0, T = {T}\\], got"),
+        (dict(batch, item_id=batch["item_id"] + 10**6), r"batch field 'item_id' holds id \d+, outside its vocabulary"),
+        ({k: v[:0] for k, v in batch.items()}, r"the batch is empty \(0 rows\)"),
+    ]
+    for b, match in cases:
+        with pytest.raises(ModelError, match=f"{name}: {match}"):
+            model.loss(b)
+    # score: unknown ids and long hist_len are mapped, no rows give no scores
+    assert model.score({k: v[:0] for k, v in batch.items()}).shape == (0,)
+    assert torch.isfinite(model.score(dict(batch, hist_len=batch["hist_len"] + T + 1))).all()
+
+
 def test_a_batch_missing_a_field_names_it(synth, batch):
     model = _build("din", synth.schema, True)
     with pytest.raises(ModelError, match=r"lacks field\(s\) 'hist_len'"):

@@ -187,7 +187,7 @@ def test_export_errors(model, batch):
         serving.export(model, {k: v for k, v in batch.items() if k != "hist_len"})
     with pytest.raises(ModelError, match="needs at least 2 rows.*got 1"):
         serving.export(model, {k: v[:1] for k, v in batch.items()})
-    with pytest.raises(ModelError, match="same size in dimension 0"):
+    with pytest.raises(ModelError, match="batch fields 'user_id' and 'item_id' have 64 and 5 rows"):
         serving.export(model, {**batch, "item_id": batch["item_id"][:5]})
     ep = serving.export(model, {k: v[:1] for k, v in batch.items()}, dynamic_batch=False)
     assert ep.module()({k: batch[k][:1] for k in model.required_fields()}).shape == (1,)

@@ -267,14 +267,60 @@ class CTRModel(nn.Module):
             req = req + ("label",)
         return req
 
-    def check_batch(self, batch: Mapping[str, torch.Tensor], training: bool = False) -> None:
-        """Raise ModelError naming the first field the model needs that `batch` lacks."""
+    def check_batch(self, batch: Mapping[str, torch.Tensor], training: bool = False, values: bool = True) -> None:
+        """Raise ModelError naming the first field the model needs that `batch` lacks or holds in
+        the wrong shape or dtype; with `values`, also a `hist_len` outside [0, T] (CPU tensors)."""
         if not isinstance(batch, Mapping):
             raise ModelError(f"{self.name}: a batch is a dict of tensors keyed by field name, got {type(batch).__name__}")
-        missing = [f for f in self.required_fields(training) if f not in batch]
+        fields = self.required_fields(training)
+        missing = [f for f in fields if f not in batch]
         if missing:
             raise ModelError(f"{self.name}: the batch lacks field(s) {', '.join(map(repr, missing))} that the model "
                              f"needs (batch has: {', '.join(batch)})")
+        # shapes (metadata only: no values are read, no device sync): [B] per sample, [B, T] per
+        # history step, one B and one T, integer ids
+        B = T = None
+        for f in fields:
+            t = batch[f]
+            if not isinstance(t, torch.Tensor):
+                raise ModelError(f"{self.name}: batch field {f!r} must be a torch.Tensor, got {type(t).__name__} "
+                                 f"(model.score takes arrays too)")
+            step = f in BEHAVIOUR_FIELDS or f in NEGATIVE_FIELDS.values()
+            if t.dim() != (2 if step else 1):
+                raise ModelError(f"{self.name}: batch field {f!r} must be {'[B, T]' if step else '[B]'}, got shape "
+                                 f"{tuple(t.shape)}")
+            if f != "label" and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+                raise ModelError(f"{self.name}: batch field {f!r} must hold integer ids, got {t.dtype}")
+            if B is None:
+                B, first = t.shape[0], f
+            elif t.shape[0] != B:
+                raise ModelError(f"{self.name}: batch fields {first!r} and {f!r} have {B} and {t.shape[0]} rows")
+            if step:
+                if T is None:
+                    T, first_step = t.shape[1], f
+                elif t.shape[1] != T:
+                    raise ModelError(f"{self.name}: history fields {first_step!r} and {f!r} have {T} and {t.shape[1]} "
+                                     f"steps")
+        if B == 0:
+            raise ModelError(f"{self.name}: the batch is empty (0 rows)")
+        h = batch.get("hist_len")
+        if (values and h is not None and T is not None and h.device.type == "cpu" and not torch.compiler.is_compiling()
+                and ((h < 0) | (h > T)).any()):  # values: CPU only (no device sync), not while traced
+            bad = h[(h < 0) | (h > T)][0].item()
+            raise ModelError(f"{self.name}: hist_len must be in [0, T = {T}], got {bad} (model.score clamps it)")
+
+    def _index_error(self, batch, e: Exception) -> ModelError:
+        """The ModelError for an embedding lookup that failed: the first field with an id outside
+        its vocabulary (found only after the failure: valid batches pay nothing)."""
+        for f in self.embedding.keys:
+            if f in batch:
+                v = self.schema.vocab_size(self.embedding.keys[f])
+                t = batch[f]
+                if t.numel() and (t.min() < 0 or t.max() >= v):
+                    bad = t[(t < 0) | (t >= v)][0].item()
+                    return ModelError(f"{self.name}: batch field {f!r} holds id {bad}, outside its vocabulary "
+                                      f"[0, {v}) (model.score maps such ids to the padding id 0)")
+        return ModelError(f"{self.name}: an embedding lookup failed ({e})")
 
     def sanitize(self, batch: Mapping[str, torch.Tensor]) -> dict:
         """A copy of `batch` whose ids outside a field's vocabulary (unknown users, new items) are
@@ -483,17 +529,23 @@ class CTRModel(nn.Module):
             logit = logit + extra
         return logit, aux_loss
 
+    def _checked_forward(self, batch, udg_emb, aux: bool):
+        try:
+            return self._forward(batch, udg_emb, aux)
+        except IndexError as e:  # an id outside its table (embedding lookups raise IndexError)
+            raise self._index_error(batch, e) from e
+
     def forward(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
         """batch: dict of `[B]` / `[B, T]` tensors (a `Split.batches` item) → logits `[B]`."""
         self.check_batch(batch)
-        return self._forward(batch, udg_emb, aux=False)[0]
+        return self._checked_forward(batch, udg_emb, aux=False)[0]
 
     def loss(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits `[B]`): binary cross-entropy with logits (the paper's 2-way softmax
         CE), + the model's auxiliary loss (DIEN, in training mode) + the embedding L2 penalty."""
         self.check_batch(batch, training=True)
-        logits, aux = self._forward(batch, udg_emb, aux=self.training)
+        logits, aux = self._checked_forward(batch, udg_emb, aux=self.training)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
         if aux is not None:
             loss = loss + aux
@@ -515,12 +567,17 @@ class CTRModel(nn.Module):
     def score(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Click probabilities `[B]` (float32) for inference: eval mode, no gradients; ids outside a
         field's vocabulary (e.g. an unknown user) are mapped to the padding id 0."""
+        if not isinstance(batch, Mapping):
+            self.check_batch(batch)  # raises, naming the type
         was = self.training
         self.eval()
         try:
-            self.check_batch(batch)
             dev = next(self.parameters()).device
-            return self.probabilities({f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields()}, udg_emb)
+            b = {f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields() if f in batch}
+            if b and next(iter(b.values())).dim() and next(iter(b.values())).shape[0] == 0:
+                return torch.zeros(0, device=dev)  # no rows, no scores
+            self.check_batch(b, values=False)  # probabilities() maps unknown ids and clamps hist_len
+            return self.probabilities(b, udg_emb)
         finally:
             self.train(was)
 
