@@ -109,6 +109,14 @@ def test_bad_init_input(skewed):
         model.init_new_users([3, 3])
     with pytest.raises(ModelError, match=r"profiles must be \[n, F\]"):
         model.init_new_users([3, 4], torch.tensor([[1, 1, 1]]), generator=gen)
+    with pytest.raises(ModelError, match="profiles must hold integer ids, got torch.float"):
+        model.init_new_users([3], [[1.5, 1, 1]], generator=gen)
+    with pytest.raises(ModelError, match="user_ids must be integer ids, got torch.float"):
+        model.init_new_users([3.7])  # was truncated to 3, overwriting user 3's row
+    rows = model.udg_embedding.num_embeddings
+    with pytest.raises(ModelError, match=r"user id 1000000000 would grow the user tables .* map external ids"):
+        model.init_new_users([10**9])  # used to allocate until the process was killed
+    assert model.udg_embedding.num_embeddings == rows
     base = models.build("pnn", skewed.schema, udg=False, **TINY_HP)
     with pytest.raises(ModelError, match="UDG model"):
         base.init_new_users([3])

@@ -30,6 +30,8 @@ from udg_fast.models.mlp import GatedMLP
 
 BEHAVIOUR_FIELDS = ("hist_item", "hist_cat")
 NEGATIVE_FIELDS = {"hist_item": "neg_hist_item", "hist_cat": "neg_hist_cat"}
+#: init_new_users refuses ids that would grow the user tables by more than this
+MAX_USER_GROWTH_BYTES = 2**30
 GATE_INPUTS = ("paper", "official")
 POOLING = ("mean", "sum")
 
@@ -441,7 +443,10 @@ class CTRModel(nn.Module):
         """
         if not self.udg:
             raise ModelError(f"{self.name}: init_new_users needs a UDG model (build it with udg=True)")
-        ids = torch.as_tensor(user_ids, dtype=torch.long).reshape(-1).cpu()
+        ids = torch.as_tensor(np.asarray(user_ids) if not isinstance(user_ids, torch.Tensor) else user_ids)
+        if ids.numel() and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
+            raise ModelError(f"{self.name}: init_new_users: user_ids must be integer ids, got {ids.dtype}")
+        ids = ids.to(torch.long).reshape(-1).cpu()
         if ids.numel() and int(ids.min()) < 1:
             raise ModelError(f"{self.name}: init_new_users: user ids must be >= 1 (0 is padding), "
                              f"got {int(ids.min())}")
@@ -459,7 +464,10 @@ class CTRModel(nn.Module):
                     raise ModelError(f"{self.name}: init_new_users: profiles lack field(s) {missing}")
                 profiles = torch.stack([torch.as_tensor(profiles[f], dtype=torch.long).reshape(-1)
                                         for f in self.schema.profile_fields], 1)
-            profiles = torch.as_tensor(profiles, dtype=torch.long)
+            profiles = torch.as_tensor(np.asarray(profiles) if not isinstance(profiles, torch.Tensor) else profiles)
+            if profiles.dtype.is_floating_point or profiles.dtype.is_complex or profiles.dtype == torch.bool:
+                raise ModelError(f"{self.name}: init_new_users: profiles must hold integer ids, got {profiles.dtype}")
+            profiles = profiles.to(torch.long)
             if profiles.dim() != 2 or profiles.shape[0] != ids.numel():
                 raise ModelError(f"{self.name}: init_new_users: profiles must be [n, F] with n = {ids.numel()} "
                                  f"users, got {tuple(profiles.shape)}")
@@ -469,6 +477,14 @@ class CTRModel(nn.Module):
             return ids
         need = int(ids.max()) + 1
         if need > self.udg_embedding.num_embeddings:
+            owners = [m.tables["user_id"] for m in self.modules() if isinstance(m, FieldEmbedding)
+                      and "user_id" in m.tables] + [self.udg_embedding]
+            grow = (need - self.udg_embedding.num_embeddings) * sum(
+                t.embedding_dim * t.weight.element_size() for t in owners)
+            if grow > MAX_USER_GROWTH_BYTES:  # id 10**9 once grew the tables until the process was killed
+                raise ModelError(f"{self.name}: init_new_users: user id {need - 1} would grow the user tables from "
+                                 f"{self.udg_embedding.num_embeddings} to {need} rows ({grow / 2**30:.1f} GiB more); "
+                                 f"map external ids to dense ones first (ids are table rows)")
             self._grow_user_tables(need, seed)
         table = self.udg_embedding.weight
         if generator is not None:
