@@ -317,6 +317,30 @@ def test_nan_stays_in_its_row_and_padding_is_not_read(backend):
     assert torch.equal(out[1:], clean[1:]) and torch.equal(hn[1:], clean_h[1:]), f"[{backend}] NaN leaked into other rows"
 
 
+@pytest.mark.parametrize("backend", ["reference"] + backend_params())
+def test_nan_in_padding_reaches_no_gradient(backend):
+    """NaN in x and att at padded steps: every gradient equals the clean run's (the reference
+    zeroes those steps first; before, 0 · NaN made all its weight gradients NaN)."""
+    device = device_for(backend) if backend != "reference" else torch.device("cpu")
+    (x, w_ih, w_hh, b_ih, b_hh, att, _, h0), _ = _inputs(4, 6, 3, 5, seed=43)
+    lengths = torch.tensor([6, 3, 0, 5], device=device)
+    base = [t.to(device=device, dtype=torch.float32) for t in (x, w_ih, w_hh, b_ih, b_hh, att, h0)]
+    grads = []
+    for poison in (False, True):
+        leaves = [t.clone() for t in base]
+        if poison:
+            leaves[0][1, 3:] = float("nan")
+            leaves[0][2, :] = float("nan")
+            leaves[5][3, 5] = float("nan")
+        leaves = [t.requires_grad_() for t in leaves]
+        with udg_fast.use_backend(backend):
+            out, hn = augru(*leaves[:6], lengths, leaves[6])
+        (out.sum() + hn.sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for name, clean, poisoned in zip(("dx", "dw_ih", "dw_hh", "db_ih", "db_hh", "datt", "dh0"), *grads):
+        assert torch.equal(clean, poisoned), f"[{backend}] {name}: NaN in padding changed it"
+
+
 # ---- gradcheck, opcheck, compile, determinism ---------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

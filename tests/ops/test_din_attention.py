@@ -222,10 +222,11 @@ def test_opcheck_triton_op():
                           (q, k, mask, w1, b1, rest[:2], rest[2:], "sigmoid", "ieee"))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_deterministic_and_nan_at_padded_steps_stays_there(backend):
     """Two runs give the same bits; a NaN key at a padded step reaches no score and no gradient
-    (the kernels never read padded steps; their dk there is exactly 0)."""
+    (the kernels never read padded steps; their dk there is exactly 0). The reference too: it
+    zeroes those keys first (a `where` on the scores alone let 0 · NaN into every weight gradient)."""
     skip_unless_usable(backend)
     B, T, D, hidden = 40, 30, 8, (16, 8)
     leaves, g = _inputs(B, T, D, hidden, seed=14)

@@ -71,9 +71,14 @@ def augru_reference(
     B, T, _ = x.shape
     H = weight_hh.shape[1]
     h = x.new_zeros(B, H) if h0 is None else h0
-    gi = F.linear(x, weight_ih, bias_ih)  # [B, T, 3H]: the input projection of every step
     steps = torch.arange(T, device=x.device)
     mask = None if lengths is None else steps[None, :] < lengths.to(x.device)[:, None]  # [B, T]
+    if mask is not None:
+        # the padded steps' inputs and scores never reach the state: zeros in their place keep a
+        # NaN there out of every gradient too (0 · NaN = NaN through the masked where's backward)
+        x = torch.where(mask.unsqueeze(-1), x, torch.zeros_like(x))
+        att = None if att is None else torch.where(mask, att, torch.zeros_like(att))
+    gi = F.linear(x, weight_ih, bias_ih)  # [B, T, 3H]: the input projection of every step
     # The steps are taken with unbind, not gi[:, t]: the backward of each `[:, t]` slice
     # allocates and zero-fills a whole [B, T, 3H] gradient, T of them per backward (a reference
     # DIEN training step spent 987 of 2,400 ms in that fill_ at B = 2048, T = 50, one thread);
@@ -130,7 +135,10 @@ def din_attention_reference(
         s_t = MLP([q, k_t, q − k_t, q ⊙ k_t])     (the 4D concat through fc1, then `weights`)
 
     with `activation` after every hidden layer and none after the last (one score); steps where
-    mask is False score exactly 0 (`where`, so a NaN there does not leak).
+    mask is False score exactly 0, and their keys are replaced by zeros before the MLP, so a NaN
+    there reaches neither the scores nor any gradient (as in the kernels, which never read them;
+    a `where` on the scores alone keeps the forward clean but not the backward: 0 · NaN = NaN in
+    the weight gradients).
 
     Args:
         query: `[B, D]`; keys: `[B, T, D]`; mask: `[B, T]` bool (valid steps) or None (all).
@@ -141,6 +149,8 @@ def din_attention_reference(
         scores `[B, T]`.
     """
     act = attention_activation(activation)
+    if mask is not None:
+        keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros_like(keys))
     qe = query.unsqueeze(1).expand_as(keys)
     a = act(F.linear(torch.cat([qe, keys, qe - keys, qe * keys], -1), fc1_weight, fc1_bias), 0)
     for i, (w, b) in enumerate(zip(weights, biases)):
