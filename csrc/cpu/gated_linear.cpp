@@ -6,7 +6,7 @@
 // block:
 //   forward   xs = γ σ(g) ⊙ x into a block buffer (cache-resident) → GEMM straight into the
 //             output rows → bias + ReLU in place, while the rows are still in cache.
-//   backward  dpre = dy ⊙ (out > 0) and db += Σ_rows dpre in one pass → dxs = dpre · W written
+//   backward  dpre = dy ⊙ relu'(out) (0 where out <= 0, as torch) and db += Σ_rows dpre in one pass → dxs = dpre · W written
 //             straight into dx's rows → one pass that recomputes s = σ(g), writes xs = γ s ⊙ x
 //             into a block buffer and turns dxs into dg = dxs ⊙ xs ⊙ (1 − s)
 //             (= dxs ⊙ x ⊙ γ s(1 − s)) and dx = dxs ⊙ γ s → dW_partial += dpreᵀ · xs.
@@ -29,8 +29,8 @@
 //
 // NaN / Inf: as in the eager formula, checked element by element against it. A NaN in x or g
 // gives NaN in that row's output; ReLU is `v < 0 ? 0 : v`, so relu(NaN) = NaN like torch.relu
-// (max(v, 0) would drop it); the backward mask is a select (out > 0 ? dy : 0), like torch's
-// threshold_backward; g = ±Inf is a gate of exactly γ or 0.
+// (max(v, 0) would drop it); the backward mask is a select (out <= 0 ? 0 : dy), torch's
+// threshold_backward, so a NaN output passes dy (`out > 0 ? dy : 0` dropped it); g = ±Inf is a gate of exactly γ or 0.
 #include "cpu/gated_linear.h"
 #include "cpu/common.h"
 
@@ -101,7 +101,7 @@ UDG_INLINE void bias_act_body(T* __restrict out, const T* __restrict b, int64_t 
   }
 }
 
-// dpre = out > 0 ? dy : 0 (when dpre != nullptr; else dpre is dy itself), and db += Σ_r dpre[r, :]
+// dpre = out <= 0 ? 0 : dy (when dpre != nullptr; else dpre is dy itself), and db += Σ_r dpre[r, :]
 // in row order.
 template <typename T>
 UDG_INLINE void dpre_body(const T* __restrict dy, const T* __restrict out, T* __restrict dpre,
@@ -112,7 +112,7 @@ UDG_INLINE void dpre_body(const T* __restrict dy, const T* __restrict out, T* __
       const T* __restrict o = out + r * N;
       T* __restrict p = dpre + r * N;
       for (int64_t j = 0; j < N; ++j) {
-        const T v = o[j] > T(0) ? d[j] : T(0);
+        const T v = o[j] <= T(0) ? T(0) : d[j];  // torch's threshold_backward: a NaN output passes dy
         p[j] = v;
         db[j] += v;
       }
@@ -253,7 +253,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
     const int64_t blk_begin = grp * nblk / ngroup, blk_end = (grp + 1) * nblk / ngroup;
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t r0 = blk * blk_rows, rows = std::min(blk_rows, B - r0);
-      // dpre = dy ⊙ (out > 0); db_grp += Σ_rows dpre
+      // dpre = dy where out > 0 or NaN, else 0; db_grp += Σ_rows dpre
       dpre_rows(dyp + r0 * N, outp + r0 * N, dprep, dbp + grp * N, rows, N);
       const T* dpre_p = relu ? dprep : dyp + r0 * N;
       const at::Tensor dpre = view_of(const_cast<T*>(dpre_p), rows, N, opts);

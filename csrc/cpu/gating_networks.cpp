@@ -63,7 +63,7 @@ UDG_INLINE void drelu_colsum_body(T* __restrict d, int64_t ldd, const T* __restr
     T* __restrict dr = d + r * ldd;
     const T* __restrict ar = a + r * lda;
     for (int64_t j = 0; j < n; ++j) {
-      const T v = ar[j] > T(0) ? dr[j] : T(0);
+      const T v = ar[j] <= T(0) ? T(0) : dr[j];  // torch's threshold_backward: a NaN activation passes dr
       dr[j] = v;
       colsum[j] += v;
     }

@@ -25,7 +25,7 @@
 //
 //   forward  C[B, N] = xs · Wᵀ, depth K.   A = xs = γσ(g)⊙x, formed in the tile load from x and g
 //            (xs never reaches memory); B = W. Epilogue: + b, ReLU, store in the input dtype.
-//   dgrad    C[B, K] = dpre · W, depth N.  A = dpre = dy ⊙ (out > 0), masked in the tile load;
+//   dgrad    C[B, K] = dpre · W, depth N.  A = dpre = dy ⊙ relu'(out), masked in the tile load;
 //            epilogue turns dxs into dx = dxs·γσ(g) and dg = dxs·x·γσ(g)(1−σ(g)) (dxs never
 //            reaches memory).
 //   wgrad    C[N, K] = dpreᵀ · xs, depth B, split into fixed chunks of B (grid z). Each block
@@ -124,8 +124,9 @@ struct LoadPlain {
   }
 };
 
-// dpre = dy ⊙ (out > 0) for ReLU, dy otherwise. A multiply, not a select, so that a NaN/inf in dy
-// propagates exactly as in the reference `grad_out * (out > 0)`.
+// dpre = relu'(out) applied to dy for ReLU, dy otherwise: a select as torch's threshold_backward
+// (the reference's torch.relu), 0 where out <= 0 and dy elsewhere, so a NaN output passes dy and
+// a NaN dy at a closed unit gives 0 (the Triton kernels do the same).
 template <typename scalar_t, bool kRelu>
 struct LoadDpre {
   const scalar_t* dy;
@@ -133,7 +134,7 @@ struct LoadDpre {
   __host__ __device__ __forceinline__ float operator()(int64_t i) const {
     const float d = static_cast<float>(dy[i]);
     if constexpr (kRelu) {
-      return d * (static_cast<float>(out[i]) > 0.f ? 1.f : 0.f);
+      return static_cast<float>(out[i]) <= 0.f ? 0.f : d;
     } else {
       return d;
     }
@@ -474,7 +475,7 @@ at::Tensor gated_linear_forward(const at::Tensor& x, const at::Tensor& gate_logi
 }
 
 // Returns (grad_x [B, K], grad_gate_logits [B, K], grad_weight [N, K], grad_bias [N]).
-// `out` is read (as the ReLU mask out > 0) only when activation == "relu".
+// `out` is read (as the ReLU mask, 0 where out <= 0) only when activation == "relu".
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_linear_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gate_logits,
     const at::Tensor& weight, const at::Tensor& out, c10::string_view activation,

@@ -219,6 +219,27 @@ def test_nan_propagates_to_its_row(backend):
     assert torch.isfinite(y[[0, 3]]).all(), f"[{backend}] clean rows must stay finite: {y}"
 
 
+@pytest.mark.parametrize("backend", backend_params())
+def test_nan_gradients_match_the_reference(backend):
+    """With a NaN in x, in gate_logits and in the weight, every gradient — NaN pattern included —
+    is the reference's: the ReLU mask is torch's threshold_backward (0 where out <= 0, dy where the
+    output is NaN), not `out > 0`, which dropped dy at NaN outputs (db and dx then differed)."""
+    device = device_for(backend)
+    x, gl, w, b = _inputs((5,), 6, 4, True, torch.float32, device, 12)
+    x[1, 2] = float("nan")
+    gl[3, 4] = float("nan")
+    w[2, 5] = float("nan")
+    go = torch.randn(5, 4, generator=torch.Generator().manual_seed(3)).to(device)
+    results = []
+    for be, fn in ((backend, gated_linear), ("reference", gated_linear_reference)):
+        with udg_fast.use_backend(be):
+            results.append(_run(fn, x, gl, w, b, "relu", 1.5, go))
+    (y, grads), (y_ref, grads_ref) = results
+    for name, fast, ref in zip(["out", "dx", "dgate", "dw", "db"], [y, *grads], [y_ref, *grads_ref]):
+        assert torch.equal(torch.isnan(fast), torch.isnan(ref)), f"[{backend}] {name}: NaN pattern differs"
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"[{backend}] {name}")
+
+
 @pytest.mark.parametrize("backend", ["reference"] + backend_params())
 def test_infinite_gate_logits_close_or_open_the_gate(backend):
     """A gate logit of -inf is a gate of exactly 0, +inf a gate of exactly gate_scale."""

@@ -170,6 +170,24 @@ def test_deterministic_and_nan_stays_in_its_row():
     assert torch.isfinite(torch.cat([d1[0][:3], d1[0][4:]])).all()
 
 
+def test_nan_gradients_match_the_reference():
+    """NaN in u and in a weight: every gradient, NaN pattern included, is the eager form's (the
+    hidden ReLUs' backward passes the gradient at a NaN activation, as torch's)."""
+    skip_unless_usable("cpu")
+    leaves, g = _inputs(50, 7, 6, (5, 4), seed=21)
+    leaves = [t.float() for t in leaves]
+    leaves[0][3, 2] = float("nan")
+    leaves[3][1, 2, 4] = float("nan")  # fc2 of the second network
+    grads = [torch.randn(50, k, generator=g, dtype=torch.float64) for k in (5, 4)]
+    with udg_fast.use_backend("cpu"):
+        o, d = _run(gating_networks, leaves, 2, grads)
+    with udg_fast.use_backend("reference"):
+        o_ref, d_ref = _run(gating_networks, leaves, 2, grads)
+    for i, (fast, ref) in enumerate(zip(o + d, o_ref + d_ref)):
+        assert torch.equal(torch.isnan(fast), torch.isnan(ref)), f"tensor {i}: NaN pattern differs"
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5, equal_nan=True, msg=f"tensor {i}")
+
+
 def test_module_compiles_fullgraph():
     skip_unless_usable("cpu")
     torch.manual_seed(0)
