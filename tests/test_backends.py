@@ -238,3 +238,7 @@ def test_repr_and_bad_sizes():
     assert "gate_scale=2.0" in repr(udg_fast.GatedLinear(3, 2, gate_scale=2))
     with pytest.raises(ValueError, match="in_features must be a positive int"):
         udg_fast.GatedLinear(0, 2)
+    with pytest.raises(ValueError, match="in_features must be a positive int, got True"):
+        udg_fast.GatedLinear(True, 2)
+    with pytest.raises(TypeError, match="gate_scale must be a number, got None"):
+        udg_fast.GatedLinear(3, 2, gate_scale=None)

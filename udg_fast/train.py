@@ -380,6 +380,15 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         raise ModelError(f"{path}: not a readable udg_fast checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a udg_fast checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    cfg = ckpt.get("config")
+    problem = ("has no 'config' dict" if not isinstance(cfg, dict) else
+               "has no 'state_dict' dict" if not isinstance(ckpt.get("state_dict"), dict) else
+               "its config lacks 'model', 'udg', 'hparams' or 'schema'"
+               if not all(k in cfg for k in ("model", "udg", "hparams", "schema")) else
+               "its config's schema has no 'fields' list"
+               if not isinstance(cfg["schema"], dict) or not isinstance(cfg["schema"].get("fields"), list) else None)
+    if problem:
+        raise ModelError(f"{path}: a damaged udg_fast checkpoint: {problem}")
     return ckpt
 
 
@@ -406,6 +415,9 @@ def load_checkpoint(path, schema: Schema | None = None, map_location="cpu") -> t
     """(model, checkpoint dict) from a file written by `save_checkpoint` / `fit`.
 
     With `schema` (the data it will run on), a mismatch raises ModelError naming the field."""
+    if schema is not None and not isinstance(schema, Schema):
+        raise ModelError(f"load_checkpoint: schema must be a udg_fast.data.Schema (dataset.schema) or None, got "
+                         f"{type(schema).__name__}")
     ckpt = read_checkpoint(path, map_location)
     cfg = ckpt["config"]
     if schema is not None:
@@ -456,9 +468,24 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         dict with `history` (per epoch: lr, train loss, seconds, valid metrics), `best_epoch`,
         `valid` (best epoch), `test`, `seconds_per_epoch`, `parameters`, `config`.
     """
+    if not isinstance(model, CTRModel):
+        raise ModelError(f"fit: model must be a udg_fast model (udg_fast.models.build), got {type(model).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise ModelError(f"fit: dataset must be a udg_fast.data.Dataset (data.load, data.from_interactions), got "
+                         f"{type(dataset).__name__}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ModelError(f"fit: config must be a TrainConfig or None, got {type(config).__name__}")
     cfg = config or TrainConfig()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     check_schema(model.config["schema"], dataset.schema, what="model")
+    for split in (dataset.train, dataset.valid, dataset.test):  # a NaN label read as "lower the lr" later
+        lab = np.asarray(split["label"]) if len(split) else np.zeros(0)
+        bad = ~((lab == 0) | (lab == 1))
+        if bad.any():
+            raise ModelError(f"fit: the {split.name} split's labels must be 0 or 1, found {float(lab[bad][0])!r} in row "
+                             f"{int(np.flatnonzero(bad)[0])}")
+    if len(dataset.train) == 0:
+        raise ModelError("fit: the train split is empty")
     rank, world = dist_info() if cfg.distributed else (0, 1)
     if cfg.distributed:
         if not _dist_initialized():
@@ -488,9 +515,17 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
     stopped = False
     if resume is not None:
         ck = read_checkpoint(resume, map_location="cpu")
-        if ck.get("config") != model.config:
-            raise ModelError(f"{resume}: the checkpoint is of another model or configuration than the one to "
-                             f"train ({ck.get('config', {}).get('model')!r} …); build the model from its config")
+        if ck["config"] != model.config:
+            was, now = ck["config"], model.config
+            diff = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} here" for k in ("model", "udg") if was.get(k) != now.get(k)]
+            if not diff:  # the same model: name the hyper-parameters that differ
+                diff = [f"{k}: {was['hparams'].get(k)!r} there, {now['hparams'].get(k)!r} here"
+                        for k in sorted(set(was["hparams"]) | set(now["hparams"]))
+                        if was["hparams"].get(k) != now["hparams"].get(k)]
+            raise ModelError(f"{resume}: the checkpoint is of another model than the one to train ("
+                             + ("; ".join(diff) or "its schema differs") + "); resume with the run's model "
+                             "(udg_fast.models.build_from_config(checkpoint['config']), or the same --model, --udg "
+                             "and --hp options)")
         if "optimizer" not in ck:
             raise ModelError(f"{resume}: has no optimiser state (resume from a last.pt, not a best.pt)")
         # The run goes on as it was: a recipe that differs would make "equal to an uninterrupted

@@ -1,9 +1,11 @@
 """Trainer, checkpoints, resume, determinism, the CLI, and torch.compile of a UDG model."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,6 +201,40 @@ def test_train_config_names_a_bad_option(kw, match):
         train.TrainConfig(**kw)
 
 
+def test_fit_names_bad_arguments_and_labels(synth, tmp_path):
+    model = _model(synth.schema, "pnn")
+    cfg = train.TrainConfig(epochs=1, **CFG)
+    with pytest.raises(ModelError, match="fit: dataset must be a udg_fast.data.Dataset .*got NoneType"):
+        train.fit(model, None, cfg)
+    with pytest.raises(ModelError, match="fit: model must be a udg_fast model"):
+        train.fit(torch.nn.Linear(2, 2), synth, cfg)
+    with pytest.raises(ModelError, match="fit: config must be a TrainConfig or None, got dict"):
+        train.fit(model, synth, {"epochs": 1})
+    bad = copy.copy(synth)
+    bad.train = synth.train.select(np.arange(len(synth.train)))
+    bad.train.arrays["label"] = bad.train["label"].astype(np.float32).copy()
+    bad.train.arrays["label"][7] = np.nan
+    with pytest.raises(ModelError, match="fit: the train split's labels must be 0 or 1, found nan in row 7"):
+        train.fit(model, bad, cfg)
+
+
+def test_damaged_checkpoints_are_named(synth, tmp_path):
+    model = _model(synth.schema, "pnn")
+    good = train.save_checkpoint(tmp_path / "good.pt", model, epoch=0)
+    ck = torch.load(good, weights_only=True)
+    for name, change, what in (("noconfig", lambda c: c.pop("config"), "has no 'config' dict"),
+                               ("nostate", lambda c: c.pop("state_dict"), "has no 'state_dict' dict"),
+                               ("strconfig", lambda c: c.__setitem__("config", "din"), "has no 'config' dict"),
+                               ("noschema", lambda c: c["config"].pop("schema"), "its config lacks 'model', 'udg', 'hparams'")):
+        c = copy.deepcopy(ck)
+        change(c)
+        torch.save(c, tmp_path / f"{name}.pt")
+        with pytest.raises(ModelError, match=f"a damaged udg_fast checkpoint: {what}"):
+            train.load_checkpoint(tmp_path / f"{name}.pt")
+    with pytest.raises(ModelError, match="schema must be a udg_fast.data.Schema .* got dict"):
+        train.load_checkpoint(good, {"fields": []})
+
+
 def test_checkpoint_errors_are_clear(synth, tmp_path):
     model = _model(synth.schema, "din")
     path = train.save_checkpoint(tmp_path / "best.pt", model, epoch=0)
@@ -224,8 +260,11 @@ def test_checkpoint_errors_are_clear(synth, tmp_path):
     with pytest.raises(ModelError, match="no checkpoint at"):
         train.load_checkpoint(tmp_path / "missing.pt")
     # resuming another model's run
-    with pytest.raises(ModelError, match="another model or configuration"):
+    with pytest.raises(ModelError, match=r"another model than the one to train \(model: 'din' there, 'pnn' here\)"):
         train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=2, **CFG), resume=path, log=_quiet)
+    with pytest.raises(ModelError, match=r"another model than the one to train \(gate_scale: 1.0 there, 2.0 here\)"):
+        train.fit(_model(synth.schema, "din", gate_scale=2.0), synth, train.TrainConfig(epochs=2, **CFG), resume=path,
+                  log=_quiet)
 
 
 def test_train_and_evaluate_commands(tmp_path, capsys):

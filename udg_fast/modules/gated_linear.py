@@ -38,8 +38,10 @@ class GatedLinear(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"GatedLinear: activation must be one of {ACTIVATIONS} (or None), got {activation!r}")
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"GatedLinear: {name} must be a positive int, got {v!r}")
+        if isinstance(gate_scale, bool) or not isinstance(gate_scale, (int, float)):
+            raise TypeError(f"GatedLinear: gate_scale must be a number, got {gate_scale!r}")
         self.in_features, self.out_features = in_features, out_features
         self.activation, self.gate_scale = activation, float(gate_scale)
         kw = {"device": device, "dtype": dtype}
