@@ -211,7 +211,12 @@ def _train(args) -> int:
     row = dict(result.get("test") or {})
     row.update(epochs=len(result["history"]), best=result["best_epoch"], spe=result["seconds_per_epoch"],
                params=result["parameters"])
-    print(f"{ds.name} test metrics (epoch {result['best_epoch']} of {len(result['history'])}, best valid AUC):")
+    chosen = "best valid AUC" if result.get("valid") is not None else "the last epoch: the valid split is empty"
+    if result.get("test") is None:
+        print(f"{ds.name}: the test split is empty, no test metrics (epoch {result['best_epoch']} of "
+              f"{len(result['history'])} kept, {chosen})")
+    else:
+        print(f"{ds.name} test metrics (epoch {result['best_epoch']} of {len(result['history'])}, {chosen}):")
     print(train.format_table({_label(args.model, args.udg): row},
                              extra=(("spe", "s/epoch", ".1f"), ("params", "params", ","))))
     print(f"wrote {out / 'metrics.json'}, {out / 'best.pt'}")
