@@ -482,8 +482,8 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         lab = np.asarray(split["label"]) if len(split) else np.zeros(0)
         bad = ~((lab == 0) | (lab == 1))
         if bad.any():
-            raise ModelError(f"fit: the {split.name} split's labels must be 0 or 1, found {float(lab[bad][0])!r} in row "
-                             f"{int(np.flatnonzero(bad)[0])}")
+            raise ModelError(f"fit: the {split.name} split's labels must be 0 or 1, found {float(lab[bad][0])!r} "
+                             f"in row {int(np.flatnonzero(bad)[0])}")
     if len(dataset.train) == 0:
         raise ModelError("fit: the train split is empty")
     rank, world = dist_info() if cfg.distributed else (0, 1)
@@ -517,7 +517,8 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         ck = read_checkpoint(resume, map_location="cpu")
         if ck["config"] != model.config:
             was, now = ck["config"], model.config
-            diff = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} here" for k in ("model", "udg") if was.get(k) != now.get(k)]
+            diff = [f"{k}: {was.get(k)!r} there, {now.get(k)!r} here" for k in ("model", "udg")
+                    if was.get(k) != now.get(k)]
             if not diff:  # the same model: name the hyper-parameters that differ
                 diff = [f"{k}: {was['hparams'].get(k)!r} there, {now['hparams'].get(k)!r} here"
                         for k in sorted(set(was["hparams"]) | set(now["hparams"]))
@@ -683,7 +684,8 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         result["test"] = evaluate_split(model, dataset.test, base_rate, cfg.eval_batch_size, device, cfg.amp,
                                         cfg.progress, distributed=cfg.distributed)
     if out is not None and main:
-        _atomic_write_text(json.dumps(plain(result, "metrics"), indent=2, default=float) + "\n", out / "metrics.json")
+        _atomic_write_text(json.dumps(plain(result, "metrics"), indent=2, default=float) + "\n",
+                           out / "metrics.json")
     return result
 
 

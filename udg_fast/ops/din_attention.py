@@ -88,7 +88,8 @@ def _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activati
         raise ValueError(f"din_attention: fc1_bias must be [{fc1_weight.shape[0]}], got {tuple(fc1_bias.shape)}")
     width = fc1_weight.shape[0]
     if width < 1:
-        raise ValueError(f"din_attention: fc1_weight must have at least one row (h1 >= 1), got {tuple(fc1_weight.shape)}")
+        raise ValueError(f"din_attention: fc1_weight must have at least one row (h1 >= 1), got "
+                         f"{tuple(fc1_weight.shape)}")
     for i, (w, b) in enumerate(zip(weights, biases)):
         if not isinstance(w, torch.Tensor) or not isinstance(b, torch.Tensor):
             raise TypeError(f"din_attention: weights[{i}] and biases[{i}] must be tensors")
