@@ -50,7 +50,9 @@ DTYPES = {
 OPS = ("gated_linear", "augru", "din_attention", "gating_networks", "embedding_backward")
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("udg_fast_backend", default=None)
-# use_backend(name, ops=[...]): {op: backend} for the named ops only (a new dict per block, never mutated)
+# {op: backend or None} set by use_backend blocks, the innermost block's entries over the outer
+# ones' (an every-op block sets every op); None: automatic (then UDG_FAST_BACKEND). A new dict per
+# block, never mutated.
 _forced_ops: contextvars.ContextVar[dict] = contextvars.ContextVar("udg_fast_op_backends", default={})
 
 # Filled by udg_fast/__init__.py when it tries to import the extension.
@@ -85,7 +87,8 @@ def use_backend(name: str | None, ops=None):
     Args:
         name: a backend of `BACKENDS`, or None.
         ops: None (every op), or the op names (of `OPS`) to force; the others keep their choice.
-            A per-op choice wins over an every-op one, whichever block is inner.
+            The innermost block wins for the ops it names (an every-op block names them all), so
+            code that forces a backend inside (serving.export(kernels=False): "reference") gets it.
 
     Example:
         >>> with udg_fast.use_backend("reference"):
@@ -95,21 +98,15 @@ def use_backend(name: str | None, ops=None):
     """
     if name is not None:
         _check_name(name, "use_backend(name)")
-    if ops is None:
-        var, value = _forced, name
-    else:
-        per_op = dict(_forced_ops.get())
-        for op in _check_ops(ops, "use_backend(ops)"):
-            if name is None:
-                per_op.pop(op, None)
-            else:
-                per_op[op] = name
-        var, value = _forced_ops, per_op
-    token = var.set(value)
+    named = OPS if ops is None else _check_ops(ops, "use_backend(ops)")
+    token_ops = _forced_ops.set({**_forced_ops.get(), **{op: name for op in named}})
+    token = _forced.set(name) if ops is None else None
     try:
         yield
     finally:
-        var.reset(token)
+        if token is not None:
+            _forced.reset(token)
+        _forced_ops.reset(token_ops)
 
 
 def _env_backends() -> tuple[str | None, dict]:
@@ -128,14 +125,11 @@ def _env_backends() -> tuple[str | None, dict]:
 
 
 def forced_backend(op: str | None = None) -> str | None:
-    """The backend forced for `op` (None: for every op) by `use_backend` (innermost) or
-    UDG_FAST_BACKEND, else None. Per-op choices come first, then every-op ones."""
+    """The backend forced for `op` by the innermost `use_backend` block that names it (None for
+    `op`: by the innermost every-op block), else by UDG_FAST_BACKEND (its per-op entry first), else
+    None. Code wins over the environment."""
     env_every, env_ops = _env_backends()
-    if op is not None:
-        name = _forced_ops.get().get(op)
-        if name is not None:
-            return name
-    name = _forced.get()
+    name = _forced.get() if op is None else _forced_ops.get().get(op)
     if name is not None:
         return name
     if op is not None and op in env_ops:

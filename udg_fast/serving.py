@@ -131,10 +131,11 @@ def candidate_batch(model: CTRModel, user_id: int, item_ids, *, item_cats=None, 
 def score_candidates(model: CTRModel, user_id: int, item_ids, *, batch_size: int = 4096, **kw) -> torch.Tensor:
     """Click probabilities `[n]` of the candidates `item_ids` for `user_id` (float32, CPU);
     keyword arguments as `candidate_batch`. No gradients; the model's train/eval mode is kept."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ModelError(f"batch_size must be a positive int, got {batch_size!r}")
     batch = candidate_batch(model, user_id, item_ids, **kw)
     n = len(batch["item_id"])
+    batch_size = int(batch_size)
     out = [model.score({k: v[s:s + batch_size] for k, v in batch.items()}).cpu() for s in range(0, n, batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -143,14 +144,14 @@ def recommend(model: CTRModel, user_id: int, item_ids, k: int = 10, *, exclude: 
               **kw) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-k item ids, their probabilities) among `item_ids`, leaving out `exclude` (e.g. the
     user's history); keyword arguments as `candidate_batch`."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ModelError(f"k must be an int >= 0, got {k!r}")
     items = _ids(item_ids, "item_ids")
     excl = _ids(exclude, "exclude")
     if len(excl):
         items = items[~torch.isin(items, excl)]
     p = score_candidates(model, user_id, items, **kw)
-    top = torch.topk(p, min(k, len(p)))
+    top = torch.topk(p, min(int(k), len(p)))
     return items[top.indices], top.values
 
 

@@ -89,9 +89,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # numpy numbers (a sweep over np.arange) become Python's
-            v = getattr(self, f.name)
-            if isinstance(v, np.generic):
-                setattr(self, f.name, v.item())
+            if isinstance(getattr(self, f.name), np.generic):
+                setattr(self, f.name, plain(getattr(self, f.name)))
         require_positive_ints(self, ("epochs", "batch_size", "eval_batch_size"), ValueError, "TrainConfig: ")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"TrainConfig: patience must be an int >= 0, got {self.patience!r}")
@@ -299,10 +298,10 @@ def plain(x: Any, where: str = "value") -> Any:
     dicts, lists and tuples; tensors kept), so that a checkpoint holding it loads with
     `torch.load(weights_only=True)` — which refuses numpy objects — and JSON can write it. Anything
     else that weights_only could not load is a ModelError naming `where`."""
+    if isinstance(x, np.generic):  # first: np.float64 is a float, and pickles as numpy's
+        return x.item()
     if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)):
         return x
-    if isinstance(x, np.generic):
-        return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
     if isinstance(x, Mapping):
@@ -503,8 +502,21 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
     model.to(device)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and main:
-        _prepare_out_dir(out, fresh=resume is None)
+    if out is not None:
+        problem = None
+        if main:
+            try:
+                _prepare_out_dir(out, fresh=resume is None)
+            except ModelError as e:
+                problem = str(e)
+        if cfg.distributed:  # every rank stops on rank 0's error (the others would wait in DDP)
+            import torch.distributed as dist
+
+            box = [problem]
+            dist.broadcast_object_list(box, src=0)
+            problem = box[0]
+        if problem:
+            raise ModelError(problem)
     info = dict(dataset_info or {"name": dataset.name, "options": dict(dataset.meta.get("options", {}))})
     base_rate = positive_rate(dataset.train)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -544,16 +556,25 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         start = ck["epoch"] + 1
         best_auc, best_epoch, bad_epochs = ck["best_auc"], ck["best_epoch"], ck["bad_epochs"]
         stopped = bool(ck.get("stopped"))
-        if best_epoch >= 0:
-            # the best epoch's weights: the best.pt written beside this last.pt by the same run
-            # (not one in out_dir, which may be another run's), checked to be that epoch's
+        if best_epoch == ck["epoch"]:
+            # the last epoch was the best: last.pt holds its weights (an epoch writes last.pt
+            # before best.pt, so a run stopped between the two still resumes)
+            best_state = ck["state_dict"]
+            if out is not None and main:
+                save_checkpoint(out / "best.pt", model, epoch=best_epoch, metrics=history[best_epoch].get("valid"),
+                                extra={k: ck[k] for k in ("dataset", "train_config") if k in ck})
+        elif best_epoch >= 0:
+            # an earlier best epoch: the best.pt written beside this last.pt by the same run (not
+            # one in out_dir, which may be another run's), checked to be that run's and epoch's
             best_path = Path(resume).with_name("best.pt")
             bk = read_checkpoint(best_path) if best_path.is_file() else None
-            if bk is None or bk.get("epoch") != best_epoch or bk.get("config") != ck["config"]:
+            same_run = bk is not None and bk["config"] == ck["config"] and \
+                bk.get("train_config") == ck.get("train_config")
+            if bk is None or not same_run or bk.get("epoch") != best_epoch:
                 raise ModelError(f"{resume}: the run's best epoch {best_epoch + 1} needs its best.pt beside it, "
                                  f"and {best_path} " + ("does not exist" if bk is None else
                                                         f"holds epoch {bk.get('epoch', -1) + 1} of another run"
-                                                        if bk.get("config") != ck["config"] else
+                                                        if not same_run else
                                                         f"holds epoch {bk.get('epoch', -1) + 1}"))
             best_state = bk["state_dict"]
             if out is not None and main and best_path.resolve() != (out / "best.pt").resolve():
@@ -645,18 +666,20 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         if improved:
             best_auc, best_epoch, bad_epochs = (auc if has_valid else best_auc), epoch, 0
             best_state = _cpu_state(model)
-            if out is not None and main:
-                save_checkpoint(out / "best.pt", model, epoch=epoch, metrics=row.get("valid"),
-                                extra={"dataset": info, "train_config": cfg.to_dict()})
         else:
             bad_epochs += 1
             msg += f" (no better than epoch {best_epoch + 1})"
         stopped = bool(cfg.patience) and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs
         if out is not None and main:
+            # last.pt first: a run stopped before best.pt is written resumes from last.pt, which
+            # then says the best epoch is its own (resume takes the best weights from it)
             save_checkpoint(out / "last.pt", model, epoch=epoch, metrics=row.get("valid"),
                             extra={"dataset": info, "train_config": cfg.to_dict(), "optimizer": opt.state_dict(),
                                    "history": history, "best_auc": best_auc, "best_epoch": best_epoch,
                                    "bad_epochs": bad_epochs, "stopped": stopped})
+            if improved:
+                save_checkpoint(out / "best.pt", model, epoch=epoch, metrics=row.get("valid"),
+                                extra={"dataset": info, "train_config": cfg.to_dict()})
         log(msg)
         if stopped:
             log(f"early stop: valid AUC did not improve for {bad_epochs} epoch(s)")

@@ -120,8 +120,8 @@ def test_ids_of_any_type_zero_one_labels_dates_and_defaults():
     assert rows[(1, t0 + 5 * day)] == (1, [1, 0, 0])
 
 
-def test_times_as_text_and_dates_in_mixed_formats():
-    """A CSV's numbers read as text are numbers; dates may mix formats (each value parsed alone)."""
+def test_times_as_text_and_iso_dates_in_mixed_forms():
+    """A CSV's numbers read as text are numbers; ISO 8601 dates may mix their forms."""
     text = data.from_interactions(_small().assign(timestamp=["1", "2", "3"]))
     nums = data.from_interactions(_small())
     for s in ("train", "valid", "test"):
@@ -161,7 +161,10 @@ def _small():
     (lambda f: f.assign(label=[1, "yes", 0]), {}, r"must be numeric, got 'yes' in data row 2"),
     (lambda f: f.assign(label=[1, None, 0]), {}, r"column 'label' \(the label\) has 1 missing value\(s\), the first in data row 2"),
     (lambda f: f.assign(timestamp=["2024-01-01", "x", "2024-01-03"]), {},
-     r"column 'timestamp' \(the time\) must be numbers or dates, got 'x' in data row 2"),
+     r"column 'timestamp' \(the time\) must be numbers, or dates in one format .* got 'x' in data row 2"),
+    # month-first in row 1, day-first in row 3: refused, not read as two formats
+    (lambda f: f.assign(timestamp=["01/02/2020", "05/02/2020", "13/02/2020"]), {},
+     r"dates in one format \(data row 1: '01/02/2020'\) or ISO 8601, got '13/02/2020' in data row 3"),
     (lambda f: f.assign(timestamp=[1600000000, 1600000001, "soon"]), {},
      r"must be all numbers or all dates, got 1600000000 in data row 1 and 'soon' in data row 3"),
     (lambda f: f.assign(timestamp=[1, None, 3]), {}, r"column 'timestamp' \(the time\) has 1 missing value\(s\), the first in data row 2"),

@@ -180,6 +180,14 @@ def test_exported_program_with_kernels_round_trips(model, batch, tmp_path):
     torch.testing.assert_close(f(inputs), model.score(inputs), rtol=1e-5, atol=1e-6)
 
 
+def test_reference_export_inside_a_per_op_block_is_aten_only(model, batch):
+    """kernels=False forces the reference inside: it wins over an outer per-op block (which once
+    put udg_fast ops into the "ATen only" program)."""
+    with udg_fast.use_backend("cpu", ops=["gated_linear", "din_attention", "gating_networks", "embedding_backward"]):
+        ep = serving.export(model, {k: batch[k] for k in model.required_fields()}, kernels=False)
+    assert not _udg_ops(ep)
+
+
 def test_export_errors(model, batch):
     with pytest.raises(ModelError, match="export: model must be a udg_fast CTRModel, got Linear"):
         serving.export(torch.nn.Linear(2, 1), batch)

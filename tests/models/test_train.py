@@ -77,8 +77,8 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_file(synth, tmp_path):
     model = _model(synth.schema, "pnn")
     with pytest.raises(ModelError, match=r"extra\['note'\] is a object, which a checkpoint cannot hold"):
         train.save_checkpoint(tmp_path / "c.pt", model, epoch=0, extra={"note": object()})
-    with pytest.raises(Exception):  # a folder in the way: the rename fails
-        (tmp_path / "d.pt").mkdir()
+    (tmp_path / "d.pt").mkdir()
+    with pytest.raises(OSError):  # a folder in the way: the rename fails
         train.save_checkpoint(tmp_path / "d.pt", model, epoch=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pt"]
 
@@ -117,9 +117,8 @@ def test_cpu_training_repeats_exactly_and_resume_equals_one_run(synth, tmp_path)
 
 
 def test_resume_takes_its_own_runs_best_and_recipe(synth, tmp_path):
-    """A resumed run's best epoch comes from the best.pt beside its last.pt — never from another
-    run's best.pt in out_dir (which once gave the other run's test metrics) — and the recipe must
-    be the run's own."""
+    """A resumed run's best epoch comes from its own files — never from another run's best.pt in
+    out_dir (which once gave the other run's test metrics) — and the recipe must be the run's own."""
     cfg1 = train.TrainConfig(epochs=1, patience=0, seed=3, **CFG)
     cfg2 = train.TrainConfig(epochs=2, patience=0, seed=3, **CFG)
     train.fit(_model(synth.schema, "pnn", seed=1), synth, cfg1, out_dir=tmp_path / "a", log=_quiet)
@@ -129,20 +128,51 @@ def test_resume_takes_its_own_runs_best_and_recipe(synth, tmp_path):
                     resume=tmp_path / "a" / "last.pt", log=_quiet)
     assert got["test"] == whole["test"] and got["best_epoch"] == whole["best_epoch"]
     assert torch.load(tmp_path / "b" / "best.pt", weights_only=True)["epoch"] + 1 == whole["best_epoch"]
-    # a best.pt beside the last.pt that is not the run's own best epoch is refused
-    (tmp_path / "c").mkdir()
-    for name in ("last.pt", "best.pt"):
-        src = tmp_path / ("a" if name == "last.pt" else "b") / name
-        (tmp_path / "c" / name).write_bytes(src.read_bytes())
-    with pytest.raises(ModelError, match=r"needs its best\.pt beside it, and .*best\.pt holds epoch"):
-        train.fit(_model(synth.schema, "pnn"), synth, cfg2, resume=tmp_path / "c" / "last.pt", log=_quiet)
-    (tmp_path / "c" / "best.pt").unlink()
-    with pytest.raises(ModelError, match=r"best\.pt does not exist"):
-        train.fit(_model(synth.schema, "pnn"), synth, cfg2, resume=tmp_path / "c" / "last.pt", log=_quiet)
     with pytest.raises(ModelError, match=r"the run was trained with lr=0.005, seed=3; resume it with the same values"):
         train.fit(_model(synth.schema, "pnn"), synth, train.TrainConfig(epochs=2, lr=0.05, seed=4, progress=False,
                                                                          batch_size=128),
                   resume=tmp_path / "a" / "last.pt", log=_quiet)
+
+
+def test_resume_with_an_earlier_best_epoch_checks_its_best_pt(synth, tmp_path):
+    """When the best epoch is earlier than the last, its weights are the best.pt beside last.pt,
+    checked to be that run's (config and recipe) and that epoch's."""
+    cfg = train.TrainConfig(epochs=1, patience=0, seed=3, **CFG)
+    train.fit(_model(synth.schema, "pnn", seed=1), synth, cfg, out_dir=tmp_path / "a", log=_quiet)
+    other = train.TrainConfig(epochs=1, patience=0, seed=4, **CFG)  # another run: another shuffling seed
+    train.fit(_model(synth.schema, "pnn", seed=2), synth, other, out_dir=tmp_path / "b", log=_quiet)
+    # a's last.pt made to say "epoch 2, best epoch 1" (an earlier best), beside b's best.pt of epoch 1
+    ck = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    ck["epoch"], ck["best_epoch"] = 1, 0
+    ck["history"] = ck["history"] * 2
+    (tmp_path / "c").mkdir()
+    torch.save(ck, tmp_path / "c" / "last.pt")
+    (tmp_path / "c" / "best.pt").write_bytes((tmp_path / "b" / "best.pt").read_bytes())
+    cfg3 = train.TrainConfig(epochs=3, patience=0, seed=3, **CFG)
+    with pytest.raises(ModelError, match=r"needs its best\.pt beside it, and .*best\.pt holds epoch 1 of another run"):
+        train.fit(_model(synth.schema, "pnn"), synth, cfg3, resume=tmp_path / "c" / "last.pt", log=_quiet)
+    (tmp_path / "c" / "best.pt").unlink()
+    with pytest.raises(ModelError, match=r"best\.pt does not exist"):
+        train.fit(_model(synth.schema, "pnn"), synth, cfg3, resume=tmp_path / "c" / "last.pt", log=_quiet)
+    (tmp_path / "c" / "best.pt").write_bytes((tmp_path / "a" / "best.pt").read_bytes())  # the run's own
+    res = train.fit(_model(synth.schema, "pnn"), synth, cfg3, resume=tmp_path / "c" / "last.pt", log=_quiet)
+    assert len(res["history"]) == 3
+
+
+def test_a_run_stopped_between_last_pt_and_best_pt_resumes(synth, tmp_path):
+    """An epoch writes last.pt, then best.pt: stopped in between, last.pt says its own epoch is the
+    best, and resume takes the best weights from it (the earlier order made such a run
+    unresumable), rewriting best.pt; the result is the uninterrupted run's."""
+    cfg1 = train.TrainConfig(epochs=1, patience=0, seed=3, **CFG)
+    cfg2 = train.TrainConfig(epochs=2, patience=0, seed=3, **CFG)
+    whole = train.fit(_model(synth.schema, "dien", seed=1), synth, cfg2, log=_quiet)
+    train.fit(_model(synth.schema, "dien", seed=1), synth, cfg1, out_dir=tmp_path, log=_quiet)
+    (tmp_path / "best.pt").unlink()  # the stop came before best.pt was written
+    (tmp_path / "metrics.json").unlink()
+    got = train.fit(_model(synth.schema, "dien", seed=5), synth, cfg2, out_dir=tmp_path,
+                    resume=tmp_path / "last.pt", log=_quiet)
+    assert got["test"] == whole["test"]
+    assert (tmp_path / "best.pt").is_file()
 
 
 def test_out_dir_is_checked_before_training_and_a_fresh_run_clears_it(synth, tmp_path):

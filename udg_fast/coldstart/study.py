@@ -131,12 +131,7 @@ def _checked_users(dataset: _data.Dataset, lower: int, upper: int):
     require_profiles(dataset.schema, repr(dataset.name))
     merged = merge_splits(dataset)
     us = split_users(merged, lower, upper)
-    if len(us.new_users) == 0:
-        raise ColdStartError(f"{dataset.name}: no user has between lower = {lower} and upper = {upper} samples; "
-                             f"change --lower / --upper")
-    if len(us.active_users) == 0:
-        raise ColdStartError(f"{dataset.name}: no user has more than upper = {upper} samples to pre-train on; "
-                             f"lower --upper")
+    _check_split(dataset.name, len(us.new_users), len(us.active_users), lower, upper)
     return merged, us
 
 
@@ -144,8 +139,26 @@ def check_study(dataset: _data.Dataset, k: int | None = None, lower: int | None 
                 upper: int | None = None) -> None:
     """Raise ColdStartError when the study cannot run on `dataset` with these thresholds (no
     profile fields; no new or no active users), without preparing or training anything —
-    `udg-fast experiment all` asks this before its first run."""
-    _checked_users(dataset, *resolve_thresholds(k, lower, upper)[1:])
+    `udg-fast experiment all` asks this before its first run. It counts samples per user from the
+    user_id columns alone (merging the splits, as the study does, copies every history matrix)."""
+    _, lower, upper = resolve_thresholds(k, lower, upper)
+    require_profiles(dataset.schema, repr(dataset.name))
+    ids = [np.asarray(sp["user_id"]) for sp in (dataset.train, dataset.valid, dataset.test) if len(sp)]
+    if not ids:
+        raise ColdStartError(f"{dataset.name}: the dataset has no samples")
+    count = np.bincount(np.concatenate(ids))
+    count = count[count > 0]
+    _check_split(dataset.name, int(((count >= lower) & (count <= upper)).sum()), int((count > upper).sum()),
+                 lower, upper)
+
+
+def _check_split(name, n_new: int, n_active: int, lower: int, upper: int) -> None:
+    if n_new == 0:
+        raise ColdStartError(f"{name}: no user has between lower = {lower} and upper = {upper} samples; "
+                             f"change --lower / --upper")
+    if n_active == 0:
+        raise ColdStartError(f"{name}: no user has more than upper = {upper} samples to pre-train on; "
+                             f"lower --upper")
 
 
 def prepare_study_data(dataset: _data.Dataset, k: int, lower: int, upper: int) -> StudyData:

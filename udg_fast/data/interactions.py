@@ -25,6 +25,7 @@ most recent; a user with none gets the unknown id 0).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -155,9 +156,9 @@ def _labels(frame: pd.DataFrame, col: str, threshold, where: str) -> np.ndarray:
 
 
 def _seconds(frame: pd.DataFrame, col: str, where: str) -> np.ndarray:
-    """The time column as int64: numbers as given (fractions dropped), or dates (each value parsed on
-    its own, formats may mix) as UTC seconds. One column holds one kind: a value of the other kind,
-    or a string that is neither, is a DataError naming it and its data row."""
+    """The time column as int64: numbers as given (fractions dropped), or dates (`_dates`) as UTC
+    seconds. One column holds one kind: a value of the other kind, or a string that is neither, is
+    a DataError naming it and its data row."""
     s = frame[col]
     _first_missing(s, col, "the time", where)
     if pd.api.types.is_integer_dtype(s):
@@ -174,13 +175,28 @@ def _seconds(frame: pd.DataFrame, col: str, where: str) -> np.ndarray:
             r = int(np.flatnonzero(not_num != not_num[0])[0])  # the first value of the other kind than row 1's
             raise DataError(f"{where}: column {col!r} (the time) must be all numbers or all dates, got {s.iloc[0]!r} "
                             f"in data row 1 and {s.iloc[r]!r} in data row {r + 1}")
-        t = pd.to_datetime(s, utc=True, format="mixed", errors="coerce")
-        bad = t.isna().to_numpy()
-        if bad.any():
-            r = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{where}: column {col!r} (the time) must be numbers or dates, got {s.iloc[r]!r} in data "
-                            f"row {r + 1}")
+        t = _dates(s, col, where)
     return ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+def _dates(s: pd.Series, col: str, where: str) -> pd.Series:
+    """Date strings as UTC timestamps: one format for the column, inferred from its first value
+    (as pandas does), or ISO 8601 in any of its forms (`2024-01-02`, `2024-01-02 10:00`,
+    `2024-01-02T10:00:00Z`). Not each value on its own: "01/02/2020" and "13/02/2020" would then
+    read month-first and day-first in one column — wrong times, silently. A value the format does
+    not fit is a DataError naming it and its data row."""
+    with warnings.catch_warnings():  # "could not infer format …, falling back to dateutil"
+        warnings.simplefilter("ignore", UserWarning)
+        for fmt in (None, "ISO8601"):
+            try:
+                return pd.to_datetime(s, utc=True, format=fmt)
+            except (TypeError, ValueError, OverflowError):
+                pass
+        t = pd.to_datetime(s, utc=True, errors="coerce")  # the first value's format: where it fails
+    bad = t.isna().to_numpy()
+    r = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+    raise DataError(f"{where}: column {col!r} (the time) must be numbers, or dates in one format (data row 1: "
+                    f"{s.iloc[0]!r}) or ISO 8601, got {s.iloc[r]!r} in data row {r + 1}")
 
 
 def _latest(key_ids: np.ndarray, values: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:

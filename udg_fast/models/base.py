@@ -589,8 +589,11 @@ class CTRModel(nn.Module):
         self.eval()
         try:
             dev = next(self.parameters()).device
-            b = {f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields() if f in batch}
-            if b and next(iter(b.values())).dim() and next(iter(b.values())).shape[0] == 0:
+            missing = [f for f in self.required_fields() if f not in batch]
+            if missing:
+                self.check_batch(batch)  # raises, naming them
+            b = {f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields()}
+            if next(iter(b.values())).dim() and next(iter(b.values())).shape[0] == 0:
                 return torch.zeros(0, device=dev)  # no rows, no scores
             self.check_batch(b, values=False)  # probabilities() maps unknown ids and clamps hist_len
             return self.probabilities(b, udg_emb)

@@ -183,7 +183,8 @@ def _train(args) -> int:
     out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else \
         Path(f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
     args._out = out
-    if args.resume is None and not args.overwrite and any((out / n).is_file() for n in ("metrics.json", "last.pt")):
+    if args.resume is None and not args.overwrite and any((out / n).is_file()
+                                                          for n in ("metrics.json", "last.pt", "best.pt")):
         raise ValueError(f"--out {out} holds a run already: --resume {out / 'last.pt'} continues it, --overwrite "
                          f"replaces it, or give another --out")
     if args.distributed:

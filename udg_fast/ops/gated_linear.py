@@ -9,7 +9,8 @@ Backends (chosen in udg_fast/_backend.py):
     triton     `torch.ops.udg_fast.gated_linear_triton`, a `torch.library.triton_op` over the
                kernels in kernels/gated_linear.py (installed as udg_fast.kernels.gated_linear)
 
-Backward saves x, gate_logits, W and the output (the ReLU mask is `out > 0`) and recomputes
+Backward saves x, gate_logits, W and the output (the ReLU mask: 0 where out <= 0, as torch's
+threshold_backward, so a NaN output passes its gradient) and recomputes
 σ(g)⊙x, as Liger and Unsloth do, instead of keeping a [B, K] temporary alive. Double backward
 (create_graph=True: meta-gradients, gradient penalties) returns the reference's gradient,
 recomputed under autograd (naive.reference_vjp): correct, at eager speed.
