@@ -312,6 +312,22 @@ def plain(x: Any, where: str = "value") -> Any:
                      f"strings, lists, dicts and tensors only)")
 
 
+def to_json(obj: Any) -> str:
+    """`obj` (metrics, a run's result) as strict JSON text: numpy numbers as Python's, and a metric
+    that is undefined (NaN: gAUC when no user has both labels; ±inf) as `null`, which every JSON
+    parser reads (a bare NaN is not JSON: JavaScript's JSON.parse and jq refuse or change it)."""
+    def safe(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: safe(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [safe(v) for v in x]
+        return x
+
+    return json.dumps(safe(plain(obj, "value")), indent=2, allow_nan=False) + "\n"
+
+
 def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -707,8 +723,7 @@ def fit(model: CTRModel, dataset: Dataset, config: TrainConfig | None = None, ou
         result["test"] = evaluate_split(model, dataset.test, base_rate, cfg.eval_batch_size, device, cfg.amp,
                                         cfg.progress, distributed=cfg.distributed)
     if out is not None and main:
-        _atomic_write_text(json.dumps(plain(result, "metrics"), indent=2, default=float) + "\n",
-                           out / "metrics.json")
+        _atomic_write_text(to_json(result), out / "metrics.json")
     return result
 
 

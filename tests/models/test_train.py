@@ -73,6 +73,20 @@ def test_numpy_numbers_in_the_config_still_give_loadable_checkpoints(synth, tmp_
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["epochs"] == 1
 
 
+def test_metrics_json_is_strict_json(tmp_path):
+    """An undefined metric (gAUC when every user has one test sample) is null in metrics.json, not
+    a bare NaN, which strict JSON parsers refuse."""
+    ds = data.load("synthetic", cache=False, progress=False, n_users=30, samples_per_user=12, max_len=5)
+    res = train.fit(_model(ds.schema, "pnn"), ds, train.TrainConfig(epochs=1, **CFG), out_dir=tmp_path, log=_quiet)
+    assert math.isnan(res["test"]["gauc"])  # in Python: NaN
+
+    def refuse(constant):
+        raise AssertionError(f"metrics.json holds a bare {constant}")
+
+    on_disk = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert on_disk["test"]["gauc"] is None and on_disk["test"]["auc"] == pytest.approx(res["test"]["auc"])
+
+
 def test_a_checkpoint_that_cannot_be_written_leaves_no_file(synth, tmp_path):
     model = _model(synth.schema, "pnn")
     with pytest.raises(ModelError, match=r"extra\['note'\] is a object, which a checkpoint cannot hold"):

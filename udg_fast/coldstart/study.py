@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
-import json
 import math
 import platform
 import sys
@@ -466,7 +465,7 @@ def run_table5(dataset: str = "ml-100k", models: Sequence[str] | str = ("pnn", "
     rows = summarize(runs)
     md = format_markdown(rows, sd.counts, seed_list)
     seconds = time.perf_counter() - t0
-    from udg_fast.train import _atomic_write_text
+    from udg_fast.train import _atomic_write_text, to_json
 
     paths = {"table": out / "table5.md", "csv": out / "table5.csv", "png": out / "figure4.png",
              "json": out / "table5.json"}
@@ -478,5 +477,5 @@ def run_table5(dataset: str = "ml-100k", models: Sequence[str] | str = ("pnn", "
            "runs": {m: [{k2: v for k2, v in r.items()} for r in rs] for m, rs in runs.items()},
            "seconds": seconds, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
            "machine": platform.machine(), "python": platform.python_version()}
-    _atomic_write_text(json.dumps(doc, indent=2, default=float) + "\n", paths["json"])
+    _atomic_write_text(to_json(doc), paths["json"])
     return {"markdown": md, **paths, "counts": sd.counts, "rows": rows, "seconds": seconds}

@@ -264,7 +264,7 @@ class Context:
                 res = train.fit(model, self.dataset, cfg, out_dir=out, dataset_info=self.dataset_info,
                                 log=self._epoch_log(label))
             res["wall_seconds"] = round(time.perf_counter() - t0, 2)
-            train._atomic_write_text(json.dumps(res, indent=2, default=float) + "\n", out / "metrics.json")
+            train._atomic_write_text(train.to_json(res), out / "metrics.json")
             if last.is_file():  # only needed to resume; best.pt stays (t-SNE reads it)
                 last.unlink()
             self.trained += 1

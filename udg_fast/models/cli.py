@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -207,7 +206,7 @@ def _train(args) -> int:
     if rank != 0:  # rank 0 reports
         return 0
     if args.json:
-        print(json.dumps(result, indent=2, default=float))
+        print(train.to_json(result), end="")
         return 0
     row = dict(result.get("test") or {})
     row.update(epochs=len(result["history"]), best=result["best_epoch"], spe=result["seconds_per_epoch"],
@@ -258,7 +257,7 @@ def _cmd_evaluate(args) -> int:
     except (DataError, ModelError, ValueError) as e:
         return _fail(str(e))
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(train.to_json(m), end="")
         return 0
     cfg = ckpt["config"]
     print(f"{args.checkpoint} (epoch {ckpt['epoch'] + 1}) on {ds.name} {args.split}:")
