@@ -137,6 +137,55 @@ def forced_backend(op: str | None = None) -> str | None:
     return env_every
 
 
+# ---- autocast -------------------------------------------------------------------------------
+# The ops are custom ops: torch.autocast casts nothing for them, so they cast their inputs
+# themselves, the way autocast treats the torch op each resembles, and then run with autocast off
+# (their eager forms compute exactly in the dtype chosen). Without this an op fed by an nn.Linear
+# under autocast saw a bf16 x beside its fp32 weight and refused the mix.
+#   "lower"   (gated_linear, gating_networks: linears, like F.linear) every floating input in
+#             the autocast dtype; the gradients reach fp32 parameters through the casts
+#   "promote" (augru, din_attention: like autocast's promote ops) every floating input in the
+#             widest dtype among them: fp32 parameters keep the op in fp32 (on a CPU its fp32
+#             kernels beat the bf16 eager forms 2-3x, docs/throughput.md)
+AUTOCAST_POLICY = {"gated_linear": "lower", "gating_networks": "lower", "augru": "promote",
+                   "din_attention": "promote"}
+
+
+def autocast_dtype(op: str, tensors) -> torch.dtype | None:
+    """The dtype `op` casts its floating inputs to under autocast, or None when autocast is off for
+    their device (then nothing changes). `tensors`: the inputs, None and lists allowed."""
+    flat = [t for t in _flatten(tensors) if isinstance(t, torch.Tensor)]
+    if not flat:
+        return None
+    dev = flat[0].device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return None
+    if AUTOCAST_POLICY[op] == "lower":
+        return torch.get_autocast_dtype(dev)
+    dt = None
+    for t in flat:
+        if t.is_floating_point():
+            dt = t.dtype if dt is None else torch.promote_types(dt, t.dtype)
+    return dt
+
+
+def autocast_cast(x, dtype: torch.dtype):
+    """`x` (a tensor, None, or a list/tuple of them) with its floating tensors in `dtype`."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(autocast_cast(t, dtype) for t in x)
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        return x.to(dtype)
+    return x
+
+
+def _flatten(xs):
+    for x in xs:
+        if isinstance(x, (list, tuple)):
+            yield from _flatten(x)
+        else:
+            yield x
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -5,14 +5,6 @@ import torch
 from torch import nn
 
 from udg_fast.modules.gated_linear import GatedLinear
-from udg_fast.ops.gated_linear import gated_linear
-
-
-def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
-    dt = x.device.type
-    if dt in ("cuda", "cpu") and torch.is_autocast_enabled(dt):
-        return torch.get_autocast_dtype(dt)
-    return None
 
 
 class GatedMLP(nn.Module):
@@ -21,8 +13,8 @@ class GatedMLP(nn.Module):
     plain MLP, `forward(x, [g_0, …, g_L-1])` the UDG model's (Eq. 7: layer l's *input* is scaled by
     γ·σ(g_l), the output layer's included). The base and the UDG model run the same modules.
 
-    Under autocast (bf16 on CUDA) the fused op sees one dtype: x, the gate logits, the weight and
-    the bias are cast to the autocast dtype, as autocast does for `F.linear`.
+    Under autocast the op itself casts x, the gate logits, the weight and the bias to the
+    autocast dtype, as autocast does for `F.linear` (udg_fast._backend.AUTOCAST_POLICY).
     """
 
     def __init__(self, in_dim: int, hidden, gate_scale: float = 1.0):
@@ -43,15 +35,5 @@ class GatedMLP(nn.Module):
         if gate_logits is not None and len(gate_logits) != len(self.layers):
             raise ValueError(f"GatedMLP: expected {len(self.layers)} gate tensors, got {len(gate_logits)}")
         for i, layer in enumerate(self.layers):
-            if gate_logits is None:
-                x = layer(x)
-                continue
-            g = gate_logits[i]
-            dt = _autocast_dtype(x)
-            if dt is None and g.dtype == x.dtype == layer.weight.dtype:
-                x = layer(x, g)
-            else:
-                dt = dt or x.dtype
-                b = layer.bias.to(dt) if layer.bias is not None else None
-                x = gated_linear(x.to(dt), g.to(dt), layer.weight.to(dt), b, layer.activation, layer.gate_scale)
+            x = layer(x) if gate_logits is None else layer(x, gate_logits[i])
         return x

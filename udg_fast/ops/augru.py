@@ -140,6 +140,11 @@ def augru(
         >>> out.shape, h_n.shape
         (torch.Size([4, 10, 36]), torch.Size([4, 36]))
     """
+    args = (x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
+    ac = _backend.autocast_dtype("augru", args)
+    if ac is not None:  # the widest input dtype (see _backend.AUTOCAST_POLICY)
+        with torch.autocast(x.device.type, enabled=False):
+            return augru(*_backend.autocast_cast(args, ac))
     _validate(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
     backend = _select(x.device, x.dtype)
     if backend == "reference":

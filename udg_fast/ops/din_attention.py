@@ -147,6 +147,11 @@ def din_attention(
         >>> din_attention(q, k, mask, w1, b1, ws, bs).shape
         torch.Size([4, 6])
     """
+    args = (query, keys, mask, fc1_weight, fc1_bias, weights, biases)
+    ac = _backend.autocast_dtype("din_attention", args)
+    if ac is not None:  # the widest input dtype (see _backend.AUTOCAST_POLICY)
+        with torch.autocast(query.device.type, enabled=False):
+            return din_attention(*_backend.autocast_cast(args, ac), activation)
     _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     weights, biases = list(weights), list(biases)
     backend = _select(query.device, query.dtype)

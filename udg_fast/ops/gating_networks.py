@@ -107,17 +107,20 @@ def gating_networks(
         >>> [g.shape for g in gating_networks(u, w1, b1, w2, b2, w3, b3)]
         [torch.Size([8, 144]), torch.Size([8, 256]), torch.Size([8, 128])]
     """
+    args = (u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
+    ac = _backend.autocast_dtype("gating_networks", args)
+    if ac is not None:  # linears: the autocast dtype, as for F.linear (see _backend.AUTOCAST_POLICY)
+        with torch.autocast(u.device.type, enabled=False):
+            return gating_networks(*_backend.autocast_cast(args, ac))
     _validate(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
     fc3_weights, fc3_biases = list(fc3_weights), list(fc3_biases)
     backend = _select(u.device, u.dtype)
     if backend == "reference":
         return gating_networks_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
-    # Under CPU autocast the eager form runs, so autocast gives its GEMMs the lower precision as it
-    # does for any nn.Linear: the C++ kernel computes in u's fp32 (it keeps autocast out), and bf16
-    # GEMMs run 2.2-2.5x faster than fp32 on a CPU with AVX512-BF16 (this 2-core EPYC:
-    # 2048x90 @ 90x270 0.48 vs 1.20 ms).
-    if ((torch.compiler.is_compiling() and not torch.compiler.is_exporting()) or backend != "cpu"
-            or torch.is_autocast_enabled("cpu")):
+    # Under CPU autocast the inputs arrive in bf16 (above), so the eager form runs its GEMMs in
+    # bf16 as autocast does for any nn.Linear: 2.2-2.5x faster than fp32 on a CPU with AVX512-BF16
+    # (this 2-core EPYC: 2048x90 @ 90x270 0.48 vs 1.20 ms); the C++ kernel is fp32/fp64.
+    if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()) or backend != "cpu":
         return _gating_networks_eager(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
     logits, _, _ = torch.ops.udg_fast.gating_networks(
         u.contiguous(), fc1_weight.contiguous(), fc1_bias.contiguous(), fc2_weight.contiguous(),
