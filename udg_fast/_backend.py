@@ -178,6 +178,16 @@ def autocast_cast(x, dtype: torch.dtype):
     return x
 
 
+def functorch_transformed(tensors) -> bool:
+    """Whether an input is a torch.func wrapper (grad, vmap, jacrev, … are transforming the call):
+    the ops' registered autograd formulas are not functorch transforms, so the ops then run their
+    reference, plain PyTorch, which every transform handles."""
+    if torch.compiler.is_compiling():
+        return False
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(isinstance(t, torch.Tensor) and wrapped(t) for t in _flatten(tensors))
+
+
 def _flatten(xs):
     for x in xs:
         if isinstance(x, (list, tuple)):

@@ -90,6 +90,24 @@ def test_all_options(backend, act, bias, scale):
 
 
 @pytest.mark.parametrize("backend", backend_params())
+def test_output_edited_in_place_without_relu(backend):
+    """activation=None saves no output (only the ReLU reads it): `y += r` after the layer — a
+    residual after an output layer — backpropagates as with F.linear, and the gradients are the
+    reference's. (With ReLU the output is the mask: in place is refused, as for torch.relu.)"""
+    device = device_for(backend)
+    grads = []
+    for be in (backend, "reference"):
+        x, gl, w, b = [t.requires_grad_() for t in _inputs((5,), 6, 4, True, torch.float32, device, 13)]
+        with udg_fast.use_backend(be):
+            y = gated_linear(x, gl, w, b, "none", 1.0)
+        y += 1.0
+        (y * y).sum().backward()
+        grads.append([t.grad for t in (x, gl, w, b)])
+    for name, fast, ref in zip(("dx", "dgate", "dw", "db"), *grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5, msg=f"[{backend}] {name}")
+
+
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("k,n", [(0, 5), (6, 0)], ids=["no-inputs", "no-outputs"])
 def test_zero_width_layers(backend, k, n):
     """K = 0 (act(b)) or N = 0 (an empty output): the reference's result and gradients on every

@@ -146,6 +146,8 @@ def augru(
         with torch.autocast(x.device.type, enabled=False):
             return augru(*_backend.autocast_cast(args, ac))
     _validate(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
+    if _backend.functorch_transformed(args):  # torch.func transforms: the reference
+        return augru_reference(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
     backend = _select(x.device, x.dtype)
     if backend == "reference":
         return augru_reference(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)

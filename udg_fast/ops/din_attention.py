@@ -153,6 +153,8 @@ def din_attention(
         with torch.autocast(query.device.type, enabled=False):
             return din_attention(*_backend.autocast_cast(args, ac), activation)
     _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
+    if _backend.functorch_transformed(args):  # torch.func transforms: the reference
+        return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     weights, biases = list(weights), list(biases)
     backend = _select(query.device, query.dtype)
     if backend == "reference":

@@ -112,8 +112,10 @@ def gated_linear(
     _validate(x, gate_logits, weight, bias, activation, gate_scale)
     gate_scale = float(gate_scale)
     backend = _select(x.device, x.dtype)
-    if backend == "reference" or x.shape[-1] == 0 or weight.shape[0] == 0:
-        # no input or no output features: nothing for a kernel to do (its [-1, 0] views fail)
+    if (backend == "reference" or x.shape[-1] == 0 or weight.shape[0] == 0
+            or _backend.functorch_transformed((x, gate_logits, weight, bias))):
+        # no input or no output features: nothing for a kernel to do (its [-1, 0] views fail);
+        # torch.func transforms: the reference (the registered autograd is not a functorch one)
         return gated_linear_reference(x, gate_logits, weight, bias, activation, gate_scale)
     lead, k, n = x.shape[:-1], x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, k).contiguous()
@@ -135,8 +137,10 @@ def _gl_setup_context(ctx, inputs, output):
     x, g, w, b = inputs[:4]
     ctx.activation, ctx.gate_scale = inputs[4], inputs[5]
     ctx.has_bias = b is not None
-    # The bias is saved for double backward only (its reference recomputation needs it).
-    ctx.save_for_backward(x, g, w, output, *([b] if b is not None else []))
+    # The bias is saved for double backward only (its reference recomputation needs it). The
+    # output only for the ReLU mask: saved without one, an in-place edit of it (a residual `y += r`
+    # after the output layer) failed the backward, where F.linear's allows it.
+    ctx.save_for_backward(x, g, w, output if ctx.activation == "relu" else None, *([b] if b is not None else []))
 
 
 def _differentiable_backward(ctx, grad_out):
@@ -152,8 +156,9 @@ def _gl_backward(ctx, grad_out):
     if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
         return (*_differentiable_backward(ctx, grad_out), None, None)
     x, g, w, out = ctx.saved_tensors[:4]
-    dx, dg, dw, db = torch.ops.udg_fast.gated_linear_backward(
-        grad_out.contiguous(), x, g, w, out, ctx.activation, ctx.gate_scale)
+    grad_out = grad_out.contiguous()
+    dx, dg, dw, db = torch.ops.udg_fast.gated_linear_backward(  # `out` is read for the ReLU only
+        grad_out, x, g, w, grad_out if out is None else out, ctx.activation, ctx.gate_scale)
     return dx, dg, dw, (db if ctx.has_bias else None), None, None
 
 
@@ -199,16 +204,17 @@ def _glt_setup_context(ctx, inputs, output):
     x, g, w, b = inputs[:4]
     ctx.activation, ctx.gate_scale, ctx.precision = inputs[4], inputs[5], inputs[6]
     ctx.has_bias = b is not None
-    # The bias is saved for double backward only (its reference recomputation needs it).
-    ctx.save_for_backward(x, g, w, output, *([b] if b is not None else []))
+    # as _gl_setup_context: the output only for the ReLU mask
+    ctx.save_for_backward(x, g, w, output if ctx.activation == "relu" else None, *([b] if b is not None else []))
 
 
 def _glt_backward(ctx, grad_out):
     if torch.is_grad_enabled():  # only under create_graph=True: keep the gradient differentiable
         return (*_differentiable_backward(ctx, grad_out), None, None, None)
     x, g, w, out = ctx.saved_tensors[:4]
-    dx, dg, dw, db = torch.ops.udg_fast.gated_linear_triton_backward(
-        grad_out.contiguous(), x, g, w, out, ctx.activation, ctx.gate_scale, ctx.precision)
+    grad_out = grad_out.contiguous()
+    dx, dg, dw, db = torch.ops.udg_fast.gated_linear_triton_backward(  # `out` is read for the ReLU only
+        grad_out, x, g, w, grad_out if out is None else out, ctx.activation, ctx.gate_scale, ctx.precision)
     return dx, dg, dw, (db if ctx.has_bias else None), None, None, None
 
 
