@@ -261,6 +261,24 @@ def test_all_skips_table5_when_the_dataset_cannot_give_it(tmp_path, monkeypatch,
     assert ("pnn", True, 4) in fit_calls  # the other experiments did train
 
 
+def test_the_record_names_the_command_that_made_the_tables(tmp_path, fit_calls):
+    """Re-running a command whose runs all exist keeps the record of the command that trained them
+    only when it is the same experiment (seeds, models, data, hyper-parameters, recipe): after
+    embed_dim 4, then 6, then 4 again (all reused), the record is the last command's, not the
+    embed_dim 6 one's (which once stood above tables it did not make)."""
+    import json
+
+    out = tmp_path / "o"
+    base = ["experiment", "table2", *ARGS, "--models", "pnn", "--runs", "1", "--out", str(out)]
+    for dim in (4, 6, 4):
+        assert cli.main(base + ["--hp", f"embed_dim={dim}"]) == 0
+    entry = json.loads((out / "experiment.json").read_text())["experiments"]["table2"]
+    assert "embed_dim=4" in entry["command"] and "embed_dim=6" not in entry["command"]
+    assert entry["runs_trained"] == 0 and "regenerated" not in entry
+    assert cli.main(base + ["--hp", "embed_dim=4"]) == 0  # the same again: still that record
+    assert json.loads((out / "experiment.json").read_text())["experiments"]["table2"]["runs_key"] == entry["runs_key"]
+
+
 def test_check_study_names_what_is_missing():
     """The cold-start precondition: profile fields, new users and active users at the thresholds."""
     from udg_fast import data

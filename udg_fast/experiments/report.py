@@ -110,15 +110,27 @@ def record(out_dir: Path, name: str, entry: dict, setup_doc: dict | None = None)
     prev = rec["experiments"].get(name)
     if (prev and entry.get("runs_trained") == 0 and prev.get("runs_trained") and prev.get("status") == "done"
             and prev.get("seeds") == entry.get("seeds")
-            and prev.get("models", entry.get("models")) == entry.get("models")):
-        # the same runs again, all reused: keep the record of the command that trained them (its
-        # wall time), and note that the files were regenerated
+            and prev.get("models", entry.get("models")) == entry.get("models")
+            and prev.get("runs_key") == entry.get("runs_key")):
+        # the same runs again (same seeds, models, data, hyper-parameters and recipe), all reused:
+        # keep the record of the command that trained them (its wall time), and note that the
+        # files were regenerated
         entry = {**prev, "regenerated": {k: entry.get(k) for k in ("command", "started", "wall_seconds")}}
     rec["experiments"][name] = entry
     if setup_doc is not None:
         rec["setup"] = setup_doc
     _atomic_write_text(json.dumps(rec, indent=2, default=str) + "\n", Path(out_dir) / "experiment.json")
     return rec
+
+
+def runs_key(ctx: Context) -> str:
+    """A hash of what decides an experiment's runs besides seeds and models: the data, the
+    hyper-parameters and the recipe (two commands with the same key trained the same runs)."""
+    import hashlib
+
+    doc = setup_doc(ctx)
+    text = json.dumps({k: doc[k] for k in ("dataset", "data_key", "hparams", "train")}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def setup_doc(ctx: Context) -> dict:
@@ -147,10 +159,13 @@ def run_experiment(name: str, ctx: Context, seeds: Sequence[int], command: str, 
         res = run_tsne(ctx, seeds=seeds, users=tsne_users)
     else:
         res = run_table5(ctx, seeds)
+    trained = ctx.trained - trained0
+    if name == "table5" and res:  # the cold-start study pre-trains one model per model and seed itself
+        trained += len(ctx.models) * len(seeds)
     entry = {"status": "done", "command": command, "seeds": list(seeds), "models": list(ctx.models),
              "started": started, "wall_seconds": round(time.perf_counter() - t0, 1),
-             "runs_trained": ctx.trained - trained0, "runs_reused": ctx.reused - reused0,
-             "environment": environment()}
+             "runs_trained": trained, "runs_reused": ctx.reused - reused0,
+             "runs_key": runs_key(ctx), "environment": environment()}
     record(ctx.setup.out_dir, name, entry, setup_doc(ctx))
     return res
 
@@ -173,6 +188,8 @@ def run_all(ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -
     run, so that `all` on a dataset without user profiles still writes the other tables and the
     report instead of failing at its end)."""
     t0 = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    trained0 = ctx.trained
     out = {}
     blocker = table5_blocker(ctx)
     if blocker:
@@ -184,10 +201,12 @@ def run_all(ctx: Context, seeds: Sequence[int], command: str, tsne_users=None) -
                    setup_doc(ctx))
             continue
         out[name] = run_experiment(name, ctx, seeds, command, tsne_users)
+    study = len(ctx.models) * len(seeds) if out.get("table5") else 0  # the cold-start study's own runs
     record(ctx.setup.out_dir, "all", {"status": "done", "command": command, "seeds": list(seeds),
-                                      "models": list(ctx.models),
+                                      "models": list(ctx.models), "started": started,
                                       "wall_seconds": round(time.perf_counter() - t0, 1),
-                                      "runs_trained": ctx.trained, "runs_reused": ctx.reused,
+                                      "runs_trained": ctx.trained - trained0 + study, "runs_reused": ctx.reused,
+                                      "runs_key": runs_key(ctx),
                                       "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                       "environment": environment()})
     out["report"] = write_report(ctx.setup.out_dir)
@@ -402,7 +421,16 @@ def write_report(out_dir: Path) -> Path:
         if e5.get("status") != "done":
             L += ["Produced separately by the cold-start study (`udg-fast experiment table5`), not by the command "
                   "recorded above.", ""]
-        L += [t5, ""]
+        cfg = {}
+        try:
+            cfg = json.loads((t5dir / "table5.json").read_text()).get("config") or {}
+        except (OSError, ValueError):
+            pass
+        recipe = ", ".join(f"{k} {cfg[k]}" for k in ("pre_epochs", "meta_steps", "warm_lr") if k in cfg)
+        L += ["The cold-start study trains with its own recipe" + (f" ({recipe}; model hyper-parameters "
+              f"{json.dumps(cfg.get('hparams') or {})} over the defaults)" if cfg else "")
+              + ", not the hyper-parameters and training options of the setup above "
+              "(docs/coldstart.md).", "", t5, ""]
         img = _image(t5dir / "figure4.png", out_dir, "Figure 4: cold start")
         if img:
             L += [img, ""]
