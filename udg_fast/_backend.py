@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -169,6 +171,32 @@ def autocast_dtype(op: str, tensors) -> torch.dtype | None:
     return dt
 
 
+def autocast_entry(op: str, *tensor_params: str):
+    """Decorator of an op's public function: under autocast, its `tensor_params` (tensors or lists
+    of them, passed by position or keyword) are cast per AUTOCAST_POLICY[op] and the function runs
+    with autocast off; otherwise it is called as it is (one check of the autocast state)."""
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def op_with_autocast(*args, **kwargs):
+            if not (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")):
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            tensors = [bound.arguments.get(name) for name in tensor_params]
+            ac = autocast_dtype(op, tensors)
+            if ac is None:
+                return fn(*args, **kwargs)
+            for name in tensor_params:
+                if name in bound.arguments:
+                    bound.arguments[name] = autocast_cast(bound.arguments[name], ac)
+            dev = next(t for t in _flatten(tensors) if isinstance(t, torch.Tensor)).device.type
+            with torch.autocast(dev, enabled=False):
+                return fn(*bound.args, **bound.kwargs)
+        return op_with_autocast
+    return wrap
+
+
 def autocast_cast(x, dtype: torch.dtype):
     """`x` (a tensor, None, or a list/tuple of them) with its floating tensors in `dtype`."""
     if isinstance(x, (list, tuple)):
@@ -184,8 +212,10 @@ def functorch_transformed(tensors) -> bool:
     reference, plain PyTorch, which every transform handles."""
     if torch.compiler.is_compiling():
         return False
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return wrapped is not None and any(isinstance(t, torch.Tensor) and wrapped(t) for t in _flatten(tensors))
+    functorch = getattr(torch._C, "_functorch", None)
+    if functorch is None or functorch.maybe_current_level() is None:  # no transform active: one call
+        return False
+    return any(isinstance(t, torch.Tensor) and functorch.is_functorch_wrapped_tensor(t) for t in _flatten(tensors))
 
 
 def _flatten(xs):

@@ -203,11 +203,8 @@ def export(model: CTRModel, example_batch: Mapping[str, torch.Tensor], dynamic_b
 
     if not isinstance(model, CTRModel):
         raise ModelError(f"export: model must be a udg_fast CTRModel, got {type(model).__name__}")
-    if not isinstance(example_batch, Mapping):
-        model.check_batch(example_batch)  # raises, naming the type
-    dev = next(model.parameters()).device
-    batch = {f: torch.as_tensor(example_batch[f]).to(dev) for f in model.required_fields() if f in example_batch}
-    model.check_batch(batch, values=False)  # every field there, one batch size, [B] / [B, T] integer ids
+    batch = model.inputs(example_batch)
+    model.check_batch(batch, values=False)  # one batch size, [B] / [B, T] integer ids
     n = batch["user_id"].shape[0]
     if dynamic_batch and n < 2:
         raise ModelError(f"export: with dynamic_batch, example_batch needs at least 2 rows (torch.export "

@@ -112,3 +112,7 @@ def test_functional_augru_under_autocast_matches_fp32():
             cast = augru(x, wi, wh)[0]
     assert cast.dtype == torch.float32
     torch.testing.assert_close(cast, plain, rtol=0, atol=0)
+    # tensors passed by keyword are cast too: a bf16 x beside fp32 weights runs in fp32
+    with torch.autocast("cpu", dtype=BF16):
+        by_name = augru(x=x.to(BF16), weight_ih=wi, weight_hh=wh, lengths=torch.tensor([4, 1, 0]))[0]
+    assert by_name.dtype == torch.float32

@@ -311,6 +311,15 @@ class CTRModel(nn.Module):
             bad = h[(h < 0) | (h > T)][0].item()
             raise ModelError(f"{self.name}: hist_len must be in [0, T = {T}], got {bad} (model.score clamps it)")
 
+    def inputs(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        """The fields the model reads, as tensors on its device (arrays and lists taken too): what
+        `score` and `serving.export` feed the model. A non-dict or a missing field is a ModelError;
+        shapes are checked by the callers (`check_batch(..., values=False)`)."""
+        if not isinstance(batch, Mapping) or any(f not in batch for f in self.required_fields()):
+            self.check_batch(batch)  # raises, naming the type or the missing fields
+        dev = next(self.parameters()).device
+        return {f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields()}
+
     def _index_error(self, batch, e: Exception) -> ModelError:
         """The ModelError for an embedding lookup that failed: the first field with an id outside
         its vocabulary (found only after the failure: valid batches pay nothing)."""
@@ -583,19 +592,13 @@ class CTRModel(nn.Module):
     def score(self, batch: Mapping[str, torch.Tensor], udg_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Click probabilities `[B]` (float32) for inference: eval mode, no gradients; ids outside a
         field's vocabulary (e.g. an unknown user) are mapped to the padding id 0."""
-        if not isinstance(batch, Mapping):
-            self.check_batch(batch)  # raises, naming the type
+        b = self.inputs(batch)
+        if b["user_id"].dim() and b["user_id"].shape[0] == 0:
+            return torch.zeros(0, device=b["user_id"].device)  # no rows, no scores
+        self.check_batch(b, values=False)  # probabilities() maps unknown ids and clamps hist_len
         was = self.training
         self.eval()
         try:
-            dev = next(self.parameters()).device
-            missing = [f for f in self.required_fields() if f not in batch]
-            if missing:
-                self.check_batch(batch)  # raises, naming them
-            b = {f: torch.as_tensor(batch[f]).to(dev) for f in self.required_fields()}
-            if next(iter(b.values())).dim() and next(iter(b.values())).shape[0] == 0:
-                return torch.zeros(0, device=dev)  # no rows, no scores
-            self.check_batch(b, values=False)  # probabilities() maps unknown ids and clamps hist_len
             return self.probabilities(b, udg_emb)
         finally:
             self.train(was)

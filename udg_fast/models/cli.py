@@ -143,9 +143,8 @@ def _cmd_train(args) -> int:
     except (DataError, ModelError, ValueError, FloatingPointError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
-        out = getattr(args, "_out", None)
-        last = out / "last.pt" if out is not None else None
-        print("\nudg-fast train: interrupted" + (f"; continue with --resume {last}" if last and last.is_file()
+        last = _out_dir(args) / "last.pt"
+        print("\nudg-fast train: interrupted" + (f"; continue with --resume {last}" if last.is_file()
                                                  else " before the first epoch ended"), file=sys.stderr)
         return 130
     finally:
@@ -161,6 +160,15 @@ def _cmd_train(args) -> int:
                 if ok:
                     dist.barrier()
                 dist.destroy_process_group()
+
+
+def _out_dir(args) -> Path:
+    """--out, else the resumed last.pt's folder, else runs/DATASET-MODEL[-udg]-seedS."""
+    if args.out:
+        return Path(args.out)
+    if args.resume:
+        return Path(args.resume).parent
+    return Path(f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
 
 
 def _train(args) -> int:
@@ -179,9 +187,7 @@ def _train(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be a positive int, got {args.threads}")
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else \
-        Path(f"runs/{args.dataset}-{args.model}{'-udg' if args.udg else ''}-seed{args.seed}")
-    args._out = out
+    out = _out_dir(args)
     if args.resume is None and not args.overwrite and any((out / n).is_file()
                                                           for n in ("metrics.json", "last.pt", "best.pt")):
         raise ValueError(f"--out {out} holds a run already: --resume {out / 'last.pt'} continues it, --overwrite "

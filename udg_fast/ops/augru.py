@@ -99,6 +99,7 @@ def _validate(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0):
                 raise ValueError(f"augru: lengths must be in [0, T] = [0, {T}], got a length of {bad}")
 
 
+@_backend.autocast_entry("augru", "x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "att", "lengths", "h0")
 def augru(
     x: torch.Tensor,
     weight_ih: torch.Tensor,
@@ -140,13 +141,8 @@ def augru(
         >>> out.shape, h_n.shape
         (torch.Size([4, 10, 36]), torch.Size([4, 36]))
     """
-    args = (x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
-    ac = _backend.autocast_dtype("augru", args)
-    if ac is not None:  # the widest input dtype (see _backend.AUTOCAST_POLICY)
-        with torch.autocast(x.device.type, enabled=False):
-            return augru(*_backend.autocast_cast(args, ac))
     _validate(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
-    if _backend.functorch_transformed(args):  # torch.func transforms: the reference
+    if _backend.functorch_transformed((x, weight_ih, weight_hh, bias_ih, bias_hh, att, h0)):  # torch.func
         return augru_reference(x, weight_ih, weight_hh, bias_ih, bias_hh, att, lengths, h0)
     backend = _select(x.device, x.dtype)
     if backend == "reference":

@@ -116,6 +116,7 @@ def _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activati
         raise ValueError(f"din_attention: mask is on {mask.device}, expected the device of query ({query.device})")
 
 
+@_backend.autocast_entry("din_attention", "query", "keys", "mask", "fc1_weight", "fc1_bias", "weights", "biases")
 def din_attention(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -147,13 +148,8 @@ def din_attention(
         >>> din_attention(q, k, mask, w1, b1, ws, bs).shape
         torch.Size([4, 6])
     """
-    args = (query, keys, mask, fc1_weight, fc1_bias, weights, biases)
-    ac = _backend.autocast_dtype("din_attention", args)
-    if ac is not None:  # the widest input dtype (see _backend.AUTOCAST_POLICY)
-        with torch.autocast(query.device.type, enabled=False):
-            return din_attention(*_backend.autocast_cast(args, ac), activation)
     _validate(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
-    if _backend.functorch_transformed(args):  # torch.func transforms: the reference
+    if _backend.functorch_transformed((query, keys, fc1_weight, fc1_bias, weights, biases)):  # torch.func
         return din_attention_reference(query, keys, mask, fc1_weight, fc1_bias, weights, biases, activation)
     weights, biases = list(weights), list(biases)
     backend = _select(query.device, query.dtype)

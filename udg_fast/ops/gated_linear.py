@@ -73,6 +73,7 @@ def _validate(x, gate_logits, weight, bias, activation, gate_scale):
         raise TypeError(f"gated_linear: x must be a floating-point tensor, got {x.dtype}")
 
 
+@_backend.autocast_entry("gated_linear", "x", "gate_logits", "weight", "bias")
 def gated_linear(
     x: torch.Tensor,
     gate_logits: torch.Tensor,
@@ -105,10 +106,6 @@ def gated_linear(
     """
     if activation is None:
         activation = "none"
-    ac = _backend.autocast_dtype("gated_linear", (x, gate_logits, weight, bias))
-    if ac is not None:  # as autocast does for F.linear (see _backend.AUTOCAST_POLICY)
-        with torch.autocast(x.device.type, enabled=False):
-            return gated_linear(*_backend.autocast_cast((x, gate_logits, weight, bias), ac), activation, gate_scale)
     _validate(x, gate_logits, weight, bias, activation, gate_scale)
     gate_scale = float(gate_scale)
     backend = _select(x.device, x.dtype)

@@ -78,6 +78,8 @@ def _validate(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_bi
             raise ValueError(f"gating_networks: {name} is on {t.device}, expected the device of u ({u.device})")
 
 
+@_backend.autocast_entry("gating_networks", "u", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
+                         "fc3_weights", "fc3_biases")
 def gating_networks(
     u: torch.Tensor,
     fc1_weight: torch.Tensor,
@@ -107,15 +109,11 @@ def gating_networks(
         >>> [g.shape for g in gating_networks(u, w1, b1, w2, b2, w3, b3)]
         [torch.Size([8, 144]), torch.Size([8, 256]), torch.Size([8, 128])]
     """
-    args = (u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
-    ac = _backend.autocast_dtype("gating_networks", args)
-    if ac is not None:  # linears: the autocast dtype, as for F.linear (see _backend.AUTOCAST_POLICY)
-        with torch.autocast(u.device.type, enabled=False):
-            return gating_networks(*_backend.autocast_cast(args, ac))
     _validate(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
     fc3_weights, fc3_biases = list(fc3_weights), list(fc3_biases)
     backend = _select(u.device, u.dtype)
-    if backend == "reference" or _backend.functorch_transformed(args):  # torch.func: the reference
+    if backend == "reference" or _backend.functorch_transformed(  # torch.func transforms: the reference
+            (u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)):
         return gating_networks_reference(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weights, fc3_biases)
     # Under CPU autocast the inputs arrive in bf16 (above), so the eager form runs its GEMMs in
     # bf16 as autocast does for any nn.Linear: 2.2-2.5x faster than fp32 on a CPU with AVX512-BF16
