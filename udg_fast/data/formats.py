@@ -121,6 +121,15 @@ def first_line_with_fields(member: Member, n_fields: int, sep: str, header_lines
     return None, None
 
 
+def _short_or_long_line(member: Member, columns: Sequence[str], sep: str, encoding: str) -> DataError | None:
+    """The DataError naming the first line of a header-less file whose field count is not
+    len(columns), or None when every line has it."""
+    line, k = first_line_with_fields(member, len(columns), sep, 0, encoding)
+    if line is None:
+        return None
+    return DataError(f"{member.label}, line {line}: expected {len(columns)} fields separated by {sep!r}, found {k}")
+
+
 def read_table(
     member: Member,
     *,
@@ -169,12 +178,9 @@ def read_table(
     except pd.errors.EmptyDataError:
         raise DataError(f"{member.label}: file is empty") from None
     except pd.errors.ParserError as e:
-        if not header and columns is not None:  # pandas counts fields from the first line: find the bad one
-            line, k = first_line_with_fields(member, len(columns), raw_sep, 0, encoding)
-            if line:
-                raise DataError(f"{member.label}, line {line}: expected {len(columns)} fields separated by "
-                                f"{raw_sep!r}, found {k}") from None
-        raise _parser_error(member.label, e) from None
+        # pandas counts the fields from the first line: the bad line may be that one
+        bad = _short_or_long_line(member, columns, raw_sep, encoding) if not header and columns is not None else None
+        raise (bad or _parser_error(member.label, e)) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{member.label}: cannot decode as {encoding} ({e})") from None
 
@@ -194,11 +200,8 @@ def read_table(
     else:
         assert columns is not None
         if df.shape[1] != len(columns):
-            line, k = first_line_with_fields(member, len(columns), raw_sep, 0, encoding)
-            where = f", line {line}" if line else ""
-            raise DataError(
-                f"{member.label}{where}: expected {len(columns)} fields separated by {raw_sep!r}, found {k or df.shape[1]}"
-            )
+            raise _short_or_long_line(member, columns, raw_sep, encoding) or DataError(
+                f"{member.label}: expected {len(columns)} fields separated by {raw_sep!r}, found {df.shape[1]}")
         df.columns = list(columns)
         # pandas fills a short line's last columns with NaN, which the required-column check below
         # does not see when they are optional (ml-1m's users.dat line "3::35::3::12345", its gender
@@ -206,10 +209,9 @@ def read_table(
         # missing value, find a line with too few fields (a pass over the file, only then).
         optional = [c for c in columns if c not in (required or columns) or c in nullable]
         if optional and df[optional].isna().to_numpy().any():
-            line, k = first_line_with_fields(member, len(columns), raw_sep, 0, encoding)
-            if line:
-                raise DataError(f"{member.label}, line {line}: expected {len(columns)} fields separated by "
-                                f"{raw_sep!r}, found {k}")
+            bad = _short_or_long_line(member, columns, raw_sep, encoding)
+            if bad:
+                raise bad
         if usecols is not None:
             df = df[list(usecols)]
 

@@ -161,21 +161,19 @@ def _seconds(frame: pd.DataFrame, col: str, where: str) -> np.ndarray:
     a DataError naming it and its data row."""
     s = frame[col]
     _first_missing(s, col, "the time", where)
+    if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_datetime64_any_dtype(s)):  # text
+        not_num = _not_numbers(s)
+        if not not_num.any():  # numbers read as text (a CSV column): numbers
+            s = pd.to_numeric(s)
+        elif not not_num.all():
+            r = int(np.flatnonzero(not_num != not_num[0])[0])  # the first value of the other kind than row 1's
+            raise DataError(f"{where}: column {col!r} (the time) must be all numbers or all dates, got {s.iloc[0]!r} "
+                            f"in data row 1 and {s.iloc[r]!r} in data row {r + 1}")
     if pd.api.types.is_integer_dtype(s):
         return s.to_numpy(np.int64)  # as given (nanosecond stamps do not fit a float64 exactly)
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         return np.floor(s.to_numpy(np.float64)).astype(np.int64)
-    if pd.api.types.is_datetime64_any_dtype(s):
-        t = pd.to_datetime(s, utc=True)
-    else:
-        not_num = _not_numbers(s)
-        if not not_num.any():  # numbers read as text (a CSV column): numbers
-            return _seconds(pd.DataFrame({col: pd.to_numeric(s)}), col, where)
-        if not not_num.all():
-            r = int(np.flatnonzero(not_num != not_num[0])[0])  # the first value of the other kind than row 1's
-            raise DataError(f"{where}: column {col!r} (the time) must be all numbers or all dates, got {s.iloc[0]!r} "
-                            f"in data row 1 and {s.iloc[r]!r} in data row {r + 1}")
-        t = _dates(s, col, where)
+    t = pd.to_datetime(s, utc=True) if pd.api.types.is_datetime64_any_dtype(s) else _dates(s, col, where)
     return ((t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
